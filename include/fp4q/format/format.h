@@ -1,0 +1,116 @@
+// fp4q/format/format.h — the one table of quantization formats and the block-format API.
+//
+// Everything that needs to know about a format (CLI choices, writers, tests, GPTQ) reads it from
+// the table returned by all_formats(); nothing else hard-codes group sizes or scale codecs.
+//
+// Conventions (see docs/FORMAT.md for bytes on disk):
+//  * A weight matrix is W [rows = out_features, cols = in_features], row-major float32.
+//  * Group g of row r covers columns [g*G, (g+1)*G) (G = group_size). cols % G == 0 is required.
+//  * Element codes are 4-bit values stored one per uint8 in memory (unpacked):
+//      E2M1: code = sign<<3 | idx, idx 0..7 -> {0, .5, 1, 1.5, 2, 3, 4, 6}; sign = signbit of the
+//            input, so -0.0 and negatives rounding to zero give code 8.
+//      INT4: two's complement nibble, value in [-8, 7].
+//  * Dequantized value = element_value(code) * scales.values[r * groups + g].
+//    values[] is the effective multiplier, already divided by the NVFP4 global scale:
+//      NVFP4: values = e4m3_decode(codes) / global_scale   (global_scale is the compressed-tensors
+//             *multiplier* 2688/amax convention, rounded down to a bf16-exact float)
+//      MXFP4: values = 2^(code - 127)                        (OCP E8M0, no hidden constant)
+//      INT4 : values = f16_decode(codes)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fp4q::format {
+
+// Stored in reports and on-disk metadata: values are never reused.
+enum class FormatId : int { kNVFP4 = 1, kMXFP4 = 2, kINT4 = 3 };
+enum class ElementType : int { kE2M1 = 1, kInt4 = 2 };
+enum class ScaleType : int { kE4M3 = 1, kE8M0 = 2, kF16 = 3 };
+enum class ScaleMethod : int { kAbsmax = 1, kMse = 2 };
+
+struct FormatSpec {
+  FormatId id;
+  const char* name;           // CLI / report name: "nvfp4", "mxfp4", "int4"
+  const char* description;    // one line for `fp4q formats`
+  ElementType element;
+  ScaleType scale;
+  int group_size;             // elements per scale (16, 32, 32)
+  bool has_global_scale;      // NVFP4 only
+  int default_hadamard;       // MR-GPTQ default rotation block (16, 32, 0 = none)
+  double bits_per_weight;     // 4 + scale bits / group_size
+  float element_max;          // largest element magnitude (6 for E2M1, 8 for INT4's -8)
+};
+
+const std::vector<FormatSpec>& all_formats();
+const FormatSpec& spec(FormatId id);
+// Parses a name from the table; throws fp4q::Error(kUsage) listing the valid names.
+FormatId parse_format(const std::string& name);
+ScaleMethod parse_scale_method(const std::string& name);  // "absmax" | "mse"
+const char* scale_method_name(ScaleMethod m);
+
+// ---- element codecs (exhaustively tested) ----
+// E2M1 round-to-nearest, ties to even mantissa, saturating at +-6. x must be finite.
+uint8_t e2m1_encode(float x);
+float e2m1_decode(uint8_t code);          // code & 0xF
+// FP8 E4M3 (fn): RNE, saturates at +-448, never produces NaN (0x7f/0xff). x must be finite.
+uint8_t e4m3_encode(float x);
+float e4m3_decode(uint8_t byte);          // 0x7f / 0xff decode to NaN
+// E8M0: byte = e + 127 for the power of two 2^e, e in [-127, 127] (never 255).
+uint8_t e8m0_encode_exponent(int e);
+float e8m0_decode(uint8_t byte);          // 2^(byte-127); 255 -> NaN
+// INT4: RNE of x, clamped to [-8, 7]; code = value & 0xF.
+uint8_t int4_encode(float x);
+float int4_decode(uint8_t code);
+
+// Element value of a code for the format's element type.
+float element_decode(FormatId id, uint8_t code);
+// Quantize x with effective scale s (> 0): code of element_round(x / s). Writes the
+// dequantized value element_decode(code) * s to *deq when deq != nullptr.
+uint8_t quantize_value(FormatId id, float x, float s, float* deq);
+
+// ---- scales ----
+struct GroupScales {
+  FormatId format = FormatId::kNVFP4;
+  int64_t rows = 0, groups = 0;
+  std::vector<uint16_t> codes;   // [rows * groups]: E4M3 byte / E8M0 byte / F16 bits
+  std::vector<float> values;     // [rows * groups]: effective multiplier (see top comment)
+  float global_scale = 1.0f;     // NVFP4 weight_global_scale; 1.0 for other formats
+};
+
+// NVFP4 absmax global scale of a tensor: bf16_round_down(2688 / amax), amax = max |w|.
+// amax == 0 gives 1.0. Fused groups (q/k/v, gate/up) pass the min over the group to choose_scales.
+float nvfp4_global_scale(const float* w, int64_t n);
+
+// Chooses per-group scales for W [rows x cols].
+//  kAbsmax: NVFP4 S = e4m3(amax_g/6 * gs) (clamped to 448); MXFP4 e = floor(log2 amax_g) - 2
+//           (OCP rule, same as compressed-tensors); INT4 s = f16(amax_g / 7.5).
+//  kMse:    per group, the stored scale code minimising sum (x - x_hat)^2 over the codes the
+//           format can store (never worse than kAbsmax on any group); NVFP4 additionally
+//           alternates global-scale and group-scale optimisation unless global_scale is given.
+// global_scale > 0 fixes the NVFP4 global scale (shared by fused layers); <= 0 computes it.
+// All-zero groups get scale code 0 and value 0 (dequantize to exact zeros, never NaN).
+// Throws fp4q::Error(kNumeric) on non-finite input; `where` names the tensor.
+GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t cols,
+                          ScaleMethod method, float global_scale = 0.0f,
+                          const std::string& where = {});
+
+// ---- whole-matrix quantization with fixed scales ----
+struct QuantizedMatrix {
+  FormatId format = FormatId::kNVFP4;
+  int64_t rows = 0, cols = 0;
+  std::vector<uint8_t> codes;    // [rows * cols], one 4-bit code per byte (unpacked)
+  GroupScales scales;
+};
+
+// Round-to-nearest with the given scales (scales.rows == rows, groups == cols / G).
+QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const GroupScales& scales);
+// out [rows x cols] = dequantized values.
+void dequantize(const QuantizedMatrix& q, float* out);
+
+// ---- packing: two codes per byte, element 2j in the low nibble of byte j ----
+std::vector<uint8_t> pack_nibbles(const uint8_t* codes, int64_t rows, int64_t cols);
+std::vector<uint8_t> unpack_nibbles(const uint8_t* packed, int64_t rows, int64_t cols);
+
+}  // namespace fp4q::format
