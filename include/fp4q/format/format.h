@@ -16,6 +16,9 @@
 //             *multiplier* 2688/amax convention, rounded down to a bf16-exact float)
 //      MXFP4: values = 2^(code - 127)                        (OCP E8M0, no hidden constant)
 //      INT4 : values = f16_decode(codes)
+//    Exception: a group whose scale is zero (all-zero group, or a scale too small for the scale
+//    type) has codes = 0 AND values = 0 for every format (for MXFP4 byte 0 would decode to
+//    2^-127; values is 0 so that dequantization is exactly 0). Its element codes are all 0/8.
 #pragma once
 
 #include <cstdint>
@@ -68,7 +71,21 @@ float int4_decode(uint8_t code);
 float element_decode(FormatId id, uint8_t code);
 // Quantize x with effective scale s (> 0): code of element_round(x / s). Writes the
 // dequantized value element_decode(code) * s to *deq when deq != nullptr.
+// s == 0 (zero group) returns code 0 and *deq = 0. Non-finite x throws fp4q::Error(kNumeric).
 uint8_t quantize_value(FormatId id, float x, float s, float* deq);
+
+// ---- additions (fp4q-format author) ----
+// Effective multiplier of a stored scale code (what GroupScales::values holds for a non-zero
+// group): NVFP4 e4m3_decode(code)/global_scale, MXFP4 2^(code-127), INT4 f16_decode(code).
+float scale_value(FormatId id, uint16_t code, float global_scale);
+// MXFP4 absmax exponent e (effective scale 2^e, byte e+127) of a group with max |x| = amax > 0,
+// exactly compressed-tensors' generate_mx_scales(amax fp32, num_bits=4):
+//   round_to_power_2: bits(amax) + (1 << 21), then keep sign+exponent bits (i.e. amax is rounded
+//   UP to the next power of two when its mantissa fraction is >= 0.75, else down), then
+//   e = log2(that) - 2, clamped to [-127, 127]; subnormal amax gives -127.
+// So e = floor(log2 amax) - 2, plus 1 when amax >= 1.75 * 2^floor(log2 amax). The group max maps
+// into [3.5, 7) units of 2^e; values above 6*2^e saturate to +-6.
+int mxfp4_absmax_exponent(float amax);
 
 // ---- scales ----
 struct GroupScales {
@@ -84,8 +101,9 @@ struct GroupScales {
 float nvfp4_global_scale(const float* w, int64_t n);
 
 // Chooses per-group scales for W [rows x cols].
-//  kAbsmax: NVFP4 S = e4m3(amax_g/6 * gs) (clamped to 448); MXFP4 e = floor(log2 amax_g) - 2
-//           (OCP rule, same as compressed-tensors); INT4 s = f16(amax_g / 7.5).
+//  kAbsmax: NVFP4 S = e4m3(min(amax_g/6 * gs, 448)); MXFP4 e = mxfp4_absmax_exponent(amax_g)
+//           (compressed-tensors' rule: the OCP floor(log2 amax_g) - 2, bumped by one when the
+//           mantissa of amax_g is >= 1.75); INT4 s = f16(amax_g / 7.5).
 //  kMse:    per group, the stored scale code minimising sum (x - x_hat)^2 over the codes the
 //           format can store (never worse than kAbsmax on any group); NVFP4 additionally
 //           alternates global-scale and group-scale optimisation unless global_scale is given.
@@ -105,11 +123,16 @@ struct QuantizedMatrix {
 };
 
 // Round-to-nearest with the given scales (scales.rows == rows, groups == cols / G).
-QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const GroupScales& scales);
+// Non-finite w throws fp4q::Error(kNumeric) naming `where` (added, defaulted) and row/col.
+QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const GroupScales& scales,
+                             const std::string& where = {});
 // out [rows x cols] = dequantized values.
 void dequantize(const QuantizedMatrix& q, float* out);
 
 // ---- packing: two codes per byte, element 2j in the low nibble of byte j ----
+// packed [rows x cols/2] uint8, row-major: byte[r*cols/2 + j] = (codes[r,2j] & 0xF) |
+// (codes[r,2j+1] & 0xF) << 4 (compressed-tensors pack_fp4_to_uint8 / FP-Quant qweight order).
+// cols must be even (fp4q::Error(kInput) otherwise). unpack returns [rows x cols] codes 0..15.
 std::vector<uint8_t> pack_nibbles(const uint8_t* codes, int64_t rows, int64_t cols);
 std::vector<uint8_t> unpack_nibbles(const uint8_t* packed, int64_t rows, int64_t cols);
 

@@ -1,0 +1,279 @@
+// src/format/scales.cpp — per-group scale selection (absmax and format-aware MSE) and the NVFP4
+// global scale.
+//
+// Stored scale codes (GroupScales::codes, see format.h):
+//   NVFP4: FP8 E4M3fn byte S of (group scale * global_scale), 0x00..0x7e (never NaN 0x7f).
+//   MXFP4: E8M0 byte e + 127 of the power of two 2^e, 0x00..0xfe.
+//   INT4 : IEEE binary16 bits of the positive scale, 0x0000..0x7bff (never Inf/NaN).
+// A zero group scale (all-zero group, or a scale that underflows the scale type) is code 0 with
+// value 0: its elements quantize to code 0 and dequantize to exact zeros.
+//
+// MSE search ("format-aware"): per group, we evaluate ONLY scales the format can store and keep
+// the one with the smallest sum_j (x_j - x_hat_j)^2 (x_hat exactly as dequantize() computes it,
+// error accumulated in double), ties -> the larger scale. Candidate sets (all contain the absmax
+// choice, so MSE is never worse than absmax on any group; they also contain every scale that the
+// FP-Quant reference search -- 100 shrink factors f = 1 - i*0.8/100 of the absmax scale, rounded
+// to the format afterwards -- can end on, so it is never worse than that either):
+//   NVFP4: every E4M3 code from e4m3(0.2 * amax/6 * gs) up to e4m3(amax/6 * gs) + 1 (<= 0x7e),
+//          code 0 excluded unless the absmax scale itself is zero (~20 codes).
+//   MXFP4: exponents e_abs - 3 .. e_abs + 1 (clamped to [-127, 127]); 2^(e_abs-3) is below the
+//          smallest rounded reference candidate mxfp4_absmax_exponent(0.208 * amax).
+//   INT4 : f16(amax/7.5 * f) for f in {float(1 - i*0.8/100), i = 0..99} (the reference grid),
+//          f = 1 + j*0.008 (j = 1..9) and f = 7.5/7 (group max maps exactly to 7).
+// NVFP4 without a fixed global scale additionally searches the global scale among the bf16
+// values gs0 * ~2^(-k/128) (bf16 bit pattern of gs0 minus k, k = 0..127, i.e. gs0 down to about
+// gs0/2: one full period of the E4M3 relative grid). Search: coarse k = 0, 16, ..., 112, then
+// refine around the best k with steps 8, 4, 2, 1 (k -+ step, strict improvement only). Each
+// candidate's total squared error re-picks every group code with a narrowed window (codes from
+// e4m3(0.5 * amax/6 * gs) to absmax+1, which still contains the absmax code); the final codes
+// use the full window at the chosen global scale. So total(final) <= total_narrow(chosen) <=
+// total_narrow(gs0) <= total(absmax). Totals are summed per row and then over rows in order, so
+// the result does not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "detail.h"
+#include "fp4q/core/error.h"
+#include "fp4q/core/half.h"
+#include "fp4q/core/parallel.h"
+#include "fp4q/format/format.h"
+
+namespace fp4q::format {
+namespace {
+
+struct Choice {
+  uint16_t code = 0;
+  float value = 0.0f;
+  double err = 0.0;
+};
+
+float group_amax(const float* x, int g) {
+  float m = 0.0f;
+  for (int j = 0; j < g; ++j) m = std::max(m, std::fabs(x[j]));
+  return m;
+}
+
+// sum_j (x_j - x_hat_j)^2 of a group with effective scale s >= 0 (s == 0: every x_hat is 0).
+double group_sq_error(bool is_int, const float* x, int g, float s) {
+  double e = 0.0;
+  if (!(s > 0.0f)) {
+    for (int j = 0; j < g; ++j) e += static_cast<double>(x[j]) * x[j];
+    return e;
+  }
+  float d;
+  for (int j = 0; j < g; ++j) {
+    if (is_int) detail::int4_quant(x[j], s, &d); else detail::e2m1_quant(x[j], s, &d);
+    const double diff = static_cast<double>(x[j]) - static_cast<double>(d);
+    e += diff * diff;
+  }
+  return e;
+}
+
+// Keeps the better of `best` and candidate (code, value); candidates arrive in descending value
+// order, so strict < implements "ties -> larger scale".
+void consider(bool is_int, const float* x, int g, uint16_t code, float value, Choice* best,
+              bool* have) {
+  double e = group_sq_error(is_int, x, g, value);
+  if (!*have || e < best->err) {
+    *best = {code, value, e};
+    *have = true;
+  }
+}
+
+// ---- NVFP4 ----
+uint8_t nv_absmax_code(float amax, float gs) {
+  return e4m3_encode(std::min((amax / 6.0f) * gs, 448.0f));
+}
+
+Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor) {
+  const float amax = group_amax(x, g);
+  const uint8_t c0 = nv_absmax_code(amax, gs);
+  const float v0 = e4m3_decode(c0) / gs;
+  if (m == ScaleMethod::kAbsmax) {
+    if (!(v0 > 0.0f)) return {0, 0.0f, 0.0};
+    return {c0, v0, 0.0};
+  }
+  if (amax == 0.0f) return {0, 0.0f, 0.0};
+  const float s_gs = (amax / 6.0f) * gs;
+  const int hi = std::min<int>(c0 + 1, 0x7e);
+  const int lo = std::max<int>(1, e4m3_encode(std::min(lo_factor * s_gs, 448.0f)));
+  Choice best;
+  bool have = false;
+  for (int c = hi; c >= lo; --c) {
+    const float v = e4m3_decode(static_cast<uint8_t>(c)) / gs;
+    if (v > 0.0f) consider(false, x, g, static_cast<uint16_t>(c), v, &best, &have);
+  }
+  if (!(v0 > 0.0f)) consider(false, x, g, 0, 0.0f, &best, &have);  // absmax itself is zero
+  return best;
+}
+
+// ---- MXFP4 ----
+Choice mx_choose(const float* x, int g, ScaleMethod m) {
+  const float amax = group_amax(x, g);
+  if (amax == 0.0f) return {0, 0.0f, 0.0};
+  const int e0 = mxfp4_absmax_exponent(amax);
+  if (m == ScaleMethod::kAbsmax) return {e8m0_encode_exponent(e0), std::ldexp(1.0f, e0), 0.0};
+  Choice best;
+  bool have = false;
+  for (int e = std::min(e0 + 1, 127); e >= std::max(e0 - 3, -127); --e)
+    consider(false, x, g, e8m0_encode_exponent(e), std::ldexp(1.0f, e), &best, &have);
+  return best;
+}
+
+// ---- INT4 ----
+uint16_t f16_scale_code(float s) {
+  uint16_t h = float_to_f16(s);
+  return std::min<uint16_t>(h, 0x7bff);  // s >= 0: clamp Inf to the largest finite f16 (65504)
+}
+
+const std::vector<float>& int4_factors() {  // descending
+  static const std::vector<float> kF = [] {
+    std::vector<float> f;
+    f.push_back(7.5f / 7.0f);
+    for (int j = 9; j >= 1; --j) f.push_back(static_cast<float>(1.0 + j * 0.008));
+    for (int i = 0; i < 100; ++i) f.push_back(static_cast<float>(1.0 - i * 0.8 / 100.0));
+    std::sort(f.begin(), f.end(), [](float a, float b) { return a > b; });
+    return f;
+  }();
+  return kF;
+}
+
+Choice int4_choose(const float* x, int g, ScaleMethod m) {
+  const float amax = group_amax(x, g);
+  const float s0 = amax / 7.5f;
+  const uint16_t c0 = f16_scale_code(s0);
+  const float v0 = f16_to_float(c0);
+  if (m == ScaleMethod::kAbsmax || amax == 0.0f) {
+    if (!(v0 > 0.0f)) return {0, 0.0f, 0.0};
+    return {c0, v0, 0.0};
+  }
+  Choice best;
+  bool have = false;
+  int last = -1;  // candidate codes are non-increasing; skip duplicates
+  for (float f : int4_factors()) {
+    const uint16_t c = f16_scale_code(s0 * f);
+    if (c == last) continue;
+    last = c;
+    const float v = f16_to_float(c);
+    if (v > 0.0f) consider(true, x, g, c, v, &best, &have);
+  }
+  if (!(v0 > 0.0f)) consider(true, x, g, 0, 0.0f, &best, &have);
+  return best;
+}
+
+// Fills codes/values of row r of `out`; returns the row's total squared error (MSE only).
+double choose_row(FormatId id, const float* x, int64_t groups, int g, ScaleMethod m, float gs,
+                  float lo_factor, uint16_t* codes, float* values) {
+  double total = 0.0;
+  for (int64_t k = 0; k < groups; ++k) {
+    const float* xg = x + k * g;
+    Choice c;
+    switch (id) {
+      case FormatId::kNVFP4: c = nv_choose(xg, g, gs, m, lo_factor); break;
+      case FormatId::kMXFP4: c = mx_choose(xg, g, m); break;
+      case FormatId::kINT4: c = int4_choose(xg, g, m); break;
+    }
+    if (codes) codes[k] = c.code;
+    if (values) values[k] = c.value;
+    total += c.err;
+  }
+  return total;
+}
+
+// Total MSE-optimal squared error of W at NVFP4 global scale gs (window lo_factor).
+double nv_total_error(const float* w, int64_t rows, int64_t cols, int g, float gs,
+                      float lo_factor) {
+  std::vector<double> row_err(static_cast<size_t>(rows), 0.0);
+  parallel_for(rows, [&](long r) {
+    row_err[r] = choose_row(FormatId::kNVFP4, w + r * cols, cols / g, g, ScaleMethod::kMse, gs,
+                            lo_factor, nullptr, nullptr);
+  });
+  double t = 0.0;
+  for (double e : row_err) t += e;
+  return t;
+}
+
+constexpr float kFinalLo = 0.2f;   // full MSE window (below the reference's smallest 0.208)
+constexpr float kSearchLo = 0.5f;  // narrowed window while searching the global scale
+
+float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float gs0) {
+  const uint16_t h0 = static_cast<uint16_t>(float_to_bits(gs0) >> 16);  // gs0 is bf16-exact
+  const int kmax = std::min(127, static_cast<int>(h0) - 1);
+  std::map<int, double> memo;
+  auto total = [&](int k) {
+    auto it = memo.find(k);
+    if (it != memo.end()) return it->second;
+    const float gs = bf16_to_float(static_cast<uint16_t>(h0 - k));
+    double t = nv_total_error(w, rows, cols, g, gs, kSearchLo);
+    memo[k] = t;
+    return t;
+  };
+  int best = 0;
+  double best_err = total(0);
+  for (int k = 16; k <= kmax; k += 16) {
+    double t = total(k);
+    if (t < best_err) { best_err = t; best = k; }
+  }
+  for (int step : {8, 4, 2, 1}) {
+    const int center = best;
+    for (int k : {center - step, center + step}) {
+      if (k < 0 || k > kmax) continue;
+      double t = total(k);
+      if (t < best_err || (t == best_err && k < best)) { best_err = t; best = k; }
+    }
+  }
+  return bf16_to_float(static_cast<uint16_t>(h0 - best));
+}
+
+}  // namespace
+
+float nvfp4_global_scale(const float* w, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(w[i]);
+    if (!std::isfinite(a))
+      throw Error(ErrorKind::kNumeric, "non-finite value at flat index " + std::to_string(i),
+                  {}, "the weights contain NaN/Inf");
+    amax = std::max(amax, a);
+  }
+  if (amax == 0.0f) return 1.0f;
+  const float gs = bf16_round_down(2688.0f / amax);
+  if (!std::isfinite(gs)) return bf16_to_float(0x7f7f);  // amax below ~2688/3.4e38
+  return gs;
+}
+
+GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t cols,
+                          ScaleMethod method, float global_scale, const std::string& where) {
+  detail::check_shape(id, rows, cols, where);
+  detail::check_finite(w, rows, cols, where);
+  const int g = spec(id).group_size;
+  GroupScales out;
+  out.format = id;
+  out.rows = rows;
+  out.groups = cols / g;
+  out.codes.assign(static_cast<size_t>(rows * out.groups), 0);
+  out.values.assign(static_cast<size_t>(rows * out.groups), 0.0f);
+  float gs = 1.0f;
+  if (id == FormatId::kNVFP4) {
+    if (global_scale > 0.0f) {
+      if (!std::isfinite(global_scale))
+        throw Error(ErrorKind::kInternal, "NVFP4 global scale must be finite", where);
+      gs = global_scale;
+    } else {
+      gs = nvfp4_global_scale(w, rows * cols);
+      if (method == ScaleMethod::kMse && rows * cols > 0)
+        gs = nv_search_global(w, rows, cols, g, gs);
+    }
+  }
+  out.global_scale = gs;
+  parallel_for(rows, [&](long r) {
+    choose_row(id, w + r * cols, out.groups, g, method, gs, kFinalLo,
+               out.codes.data() + r * out.groups, out.values.data() + r * out.groups);
+  });
+  return out;
+}
+
+}  // namespace fp4q::format
