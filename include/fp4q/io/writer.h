@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -102,7 +103,7 @@ class ShardedWriter {
   // finished shards (temporary names) and their tensor names
   std::vector<std::string> shard_tmp_paths_;
   std::vector<std::vector<std::string>> shard_names_;
-  std::vector<std::string> all_names_sorted_;  // for duplicate detection (kept sorted)
+  std::unordered_set<std::string> all_names_;  // for duplicate detection
   uint64_t total_bytes_ = 0;
   size_t num_tensors_ = 0;
   bool finished_ = false;
