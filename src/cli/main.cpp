@@ -1,3 +1,54 @@
-// Temporary entry point while the subcommands are being built (replaced by the CLI module).
+// fp4q command-line entry point. The only place that turns fp4q::Error into exit codes:
+//   0 ok, 1 unexpected exception, 2 usage, 3 bad input, 4 I/O, 5 numerical, 70 internal.
+// Logs go to stderr; machine-readable output (inspect --json, report, formats) to stdout.
 #include <cstdio>
-int main() { std::puts("fp4q " FP4Q_VERSION); return 0; }
+#include <exception>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "commands.h"
+#include "fp4q/core/error.h"
+#include "fp4q/core/log.h"
+#include "fp4q/core/parallel.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "fp4q " FP4Q_VERSION " — MR-GPTQ post-training quantization of Hugging Face LLMs to NVFP4 / MXFP4.\n"
+      "Reads a model directory (config.json + safetensors), writes packed FP4 weights that vLLM and\n"
+      "transformers load. CPU only.\n\n"
+      "Examples:\n"
+      "  fp4q quantize data/models/stories260K out/nvfp4                 # MR-GPTQ NVFP4, compressed-tensors\n"
+      "  fp4q quantize MODEL OUT --format mxfp4 --activations fp4      # W4A4 MXFP4\n"
+      "  fp4q quantize MODEL OUT --method rtn --export fp-quant-pseudo\n"
+      "  fp4q eval OUT --text data/text/wikitext2-test.txt             # perplexity\n"
+      "  fp4q inspect OUT --json | jq .quantization_config\n"
+      "  fp4q report MODEL --formats nvfp4,mxfp4 --methods rtn,mr-gptq --table tsv"};
+  app.set_version_flag("--version", "fp4q " FP4Q_VERSION);
+  app.require_subcommand(1);
+  int verbosity = 1;
+  app.add_flag_function("-v,--verbose", [&](int64_t n) { verbosity = 1 + static_cast<int>(n); },
+                        "More log output (debug)");
+  app.add_flag_function("-q,--quiet", [&](int64_t) { verbosity = 0; }, "Only warnings and errors");
+  int threads = 0;
+  app.add_option("-t,--threads", threads, "Threads for OpenMP and BLAS (default: all cores)");
+
+  fp4q::cli::register_all(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    fp4q::init_logging(verbosity);
+    fp4q::set_num_threads(threads);
+    fp4q::cli::run_selected(app);
+    return 0;
+  } catch (const fp4q::Error& e) {
+    std::fprintf(stderr, "fp4q: %s: %s\n", fp4q::error_kind_name(e.kind()), e.what());
+    return static_cast<int>(e.kind());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fp4q: unexpected error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,321 @@
+#include "commands.h"
+
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "fp4q/core/error.h"
+#include "fp4q/format/format.h"
+#include "fp4q/io/io.h"
+#include "fp4q/pipeline/eval.h"
+#include "fp4q/pipeline/quantize.h"
+#include "fp4q/pipeline/report_cmd.h"
+
+namespace fp4q::cli {
+
+namespace {
+
+std::map<const CLI::App*, std::function<void()>>& actions() {
+  static std::map<const CLI::App*, std::function<void()>> a;
+  return a;
+}
+
+std::string default_calib_text() { return std::string(FP4Q_DATA_DIR) + "/text/calib-frankenstein.txt"; }
+
+// "8G", "512M", "1.5GiB", "123456" -> bytes.
+int64_t parse_size(const std::string& s, const std::string& flag) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (...) {
+    pos = 0;
+  }
+  std::string unit = s.substr(pos);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double mul = 1;
+  if (unit == "" || unit == "B") mul = 1;
+  else if (unit == "K" || unit == "KB" || unit == "KIB") mul = 1024.0;
+  else if (unit == "M" || unit == "MB" || unit == "MIB") mul = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GB" || unit == "GIB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "T" || unit == "TB" || unit == "TIB") mul = 1024.0 * 1024 * 1024 * 1024;
+  else pos = 0;
+  if (pos == 0 || !(v >= 0))
+    throw Error(ErrorKind::kUsage, "cannot parse size '" + s + "'", flag, "use e.g. 8G, 512M or a byte count");
+  return static_cast<int64_t>(v * mul);
+}
+
+exporter::ExportKind parse_export(const std::string& s) {
+  if (s == "compressed-tensors") return exporter::ExportKind::kCompressedTensors;
+  if (s == "fp-quant") return exporter::ExportKind::kFpQuantReal;
+  if (s == "fp-quant-pseudo") return exporter::ExportKind::kFpQuantPseudo;
+  if (s == "dequant") return exporter::ExportKind::kDequant;
+  throw Error(ErrorKind::kUsage, "unknown export layout '" + s + "'", "--export",
+              "choose one of: compressed-tensors, fp-quant, fp-quant-pseudo, dequant");
+}
+
+exporter::Activations parse_acts(const std::string& s) {
+  if (s == "none" || s == "16" || s == "bf16") return exporter::Activations::kNone;
+  if (s == "fp4") return exporter::Activations::kFp4;
+  throw Error(ErrorKind::kUsage, "unknown activation mode '" + s + "'", "--activations",
+              "choose none (weight-only) or fp4 (W4A4)");
+}
+
+bool parse_act_order(const std::string& s) {
+  if (s == "static") return true;
+  if (s == "none") return false;
+  throw Error(ErrorKind::kUsage, "unknown act-order '" + s + "'", "--act-order", "choose static or none");
+}
+
+std::string format_names() {
+  std::string s;
+  for (const auto& f : format::all_formats()) s += (s.empty() ? "" : "|") + std::string(f.name);
+  return s;
+}
+
+struct CalibArgs {
+  std::string text, ids;
+  int64_t samples = 128, seqlen = 2048;
+  uint64_t seed = 42;
+  void add(CLI::App* c) {
+    c->add_option("--calib", text, "Calibration text file (default: bundled Frankenstein text)");
+    c->add_option("--calib-ids", ids, "Pre-tokenised calibration ids (JSON array or whitespace-separated) instead of text");
+    c->add_option("--samples", samples, "Calibration sequences")->capture_default_str();
+    c->add_option("--seqlen", seqlen, "Tokens per calibration sequence (clipped to the model's max positions)")->capture_default_str();
+    c->add_option("--seed", seed, "Seed of the calibration sampling")->capture_default_str();
+  }
+  pipeline::CalibOptions get() const {
+    pipeline::CalibOptions o;
+    o.text_path = text.empty() ? default_calib_text() : text;
+    o.ids_path = ids;
+    o.samples = samples;
+    o.seqlen = seqlen;
+    o.seed = seed;
+    return o;
+  }
+};
+
+void add_quantize(CLI::App& app) {
+  auto* c = app.add_subcommand("quantize", "Quantize a Hugging Face model directory");
+  c->footer(
+      "Examples:\n"
+      "  fp4q quantize data/models/stories260K out/s-nvfp4\n"
+      "  fp4q quantize MODEL OUT --format mxfp4 --method mr-gptq --hadamard 32\n"
+      "  fp4q quantize MODEL OUT --format nvfp4 --activations fp4 --samples 256 --seqlen 2048\n"
+      "  fp4q quantize MODEL OUT --method rtn --ignore 'layers\\.0\\.' --export fp-quant-pseudo\n"
+      "Methods: rtn (round to nearest, no data), gptq (GPTQ, absmax scales, no rotation),\n"
+      "mr-gptq (block Hadamard + MSE scales + static act-order GPTQ; the default).");
+  struct Args {
+    std::string model, out, format = "nvfp4", method = "mr-gptq", scales, act_order = "static",
+                activations = "none", export_kind = "compressed-tensors", dtype, hessians, report,
+                max_memory, shard = "5G";
+    int hadamard = -1;
+    double damp = 0.01;
+    std::vector<std::string> ignore;
+    bool force = false, dry_run = false;
+    CalibArgs calib;
+  };
+  auto a = std::make_shared<Args>();
+  c->add_option("MODEL", a->model, "Input model directory (config.json + safetensors)")->required();
+  c->add_option("OUT", a->out, "Output directory (must not exist unless --force)")->required();
+  c->add_option("-f,--format", a->format, "Target format: " + format_names())->capture_default_str();
+  c->add_option("-m,--method", a->method, "rtn | gptq | mr-gptq")->capture_default_str();
+  c->add_option("--hadamard", a->hadamard, "Rotation block 0|16|32|64|128 (default: 16 nvfp4 / 32 mxfp4 for mr-gptq, 0 otherwise)");
+  c->add_option("--scales", a->scales, "absmax | mse (default: mse for mr-gptq, absmax otherwise)");
+  c->add_option("--act-order", a->act_order, "static | none")->capture_default_str();
+  c->add_option("--damp", a->damp, "Relative Hessian damping")->capture_default_str();
+  c->add_option("--ignore", a->ignore, "Keep Linears whose module name matches this regex (repeatable)");
+  c->add_option("--activations", a->activations, "none (weight-only) | fp4 (W4A4: static NVFP4 input scales from calibration)")->capture_default_str();
+  c->add_option("--export", a->export_kind, "compressed-tensors | fp-quant | fp-quant-pseudo | dequant")->capture_default_str();
+  c->add_option("--dtype", a->dtype, "Dtype of --export dequant weights: bf16 | f16 | f32 (default: source dtype)");
+  c->add_option("--hessians", a->hessians, "Precomputed Hessians (from `fp4q hessians`) instead of calibration");
+  c->add_option("--report", a->report, "Write the per-tensor report as JSON to this file");
+  c->add_option("--max-memory", a->max_memory, "Refuse to start if the planned peak exceeds this (e.g. 16G; default: physical memory)");
+  c->add_option("--max-shard-size", a->shard, "Largest output shard")->capture_default_str();
+  c->add_flag("--force", a->force, "Replace OUT if it exists (atomically, at the end)");
+  c->add_flag("--dry-run", a->dry_run, "Print the plan (what is quantized, sizes) and stop");
+  a->calib.add(c);
+  actions()[c] = [a] {
+    pipeline::QuantizeOptions o;
+    o.model_dir = a->model;
+    o.out_dir = a->out;
+    o.settings = pipeline::resolve_settings(format::parse_format(a->format), pipeline::parse_method(a->method),
+                                            a->hadamard, a->scales, parse_act_order(a->act_order), a->damp,
+                                            parse_acts(a->activations), a->ignore);
+    o.export_kind = parse_export(a->export_kind);
+    o.export_dtype = a->dtype;
+    o.calib = a->calib.get();
+    o.hessians_path = a->hessians;
+    o.force = a->force;
+    o.dry_run = a->dry_run;
+    o.report_path = a->report;
+    o.max_memory = a->max_memory.empty() ? 0 : parse_size(a->max_memory, "--max-memory");
+    o.max_shard_bytes = static_cast<uint64_t>(parse_size(a->shard, "--max-shard-size"));
+    if (o.dry_run) {
+      const auto files = io::ModelFiles::open(o.model_dir);
+      std::cout << pipeline::plan_text(pipeline::make_plan(files, o.settings));
+      return;
+    }
+    pipeline::run_quantize(o);
+  };
+}
+
+void add_inspect(CLI::App& app) {
+  auto* c = app.add_subcommand("inspect", "List tensors, dtypes, shapes, sizes and quantization config");
+  auto path = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  c->add_option("PATH", *path, "A .safetensors file or a model directory")->required();
+  c->add_flag("--json", *json, "Machine-readable JSON on stdout");
+  actions()[c] = [path, json] {
+    const auto j = io::inspect(*path);
+    std::cout << (*json ? j.dump(2) + "\n" : io::inspect_text(j));
+  };
+}
+
+void add_formats(CLI::App& app) {
+  auto* c = app.add_subcommand("formats", "List the supported quantization formats");
+  auto json = std::make_shared<bool>(false);
+  c->add_flag("--json", *json, "Machine-readable JSON on stdout");
+  actions()[c] = [json] {
+    nlohmann::json j = nlohmann::json::array();
+    std::ostringstream s;
+    char line[256];
+    std::snprintf(line, sizeof line, "%-7s %-5s %-5s %6s %7s %9s  %s\n", "name", "elem", "scale",
+                  "group", "bits/w", "mr-gptq", "description");
+    s << line;
+    for (const auto& f : format::all_formats()) {
+      const char* elem = f.element == format::ElementType::kE2M1 ? "e2m1" : "int4";
+      const char* scale = f.scale == format::ScaleType::kE4M3 ? "e4m3" : f.scale == format::ScaleType::kE8M0 ? "e8m0" : "f16";
+      j.push_back({{"name", f.name}, {"element", elem}, {"scale", scale}, {"group_size", f.group_size},
+                   {"global_scale", f.has_global_scale}, {"bits_per_weight", f.bits_per_weight},
+                   {"default_hadamard", f.default_hadamard}, {"description", f.description}});
+      std::snprintf(line, sizeof line, "%-7s %-5s %-5s %6d %7.2f %9s  %s\n", f.name, elem, scale,
+                    f.group_size, f.bits_per_weight,
+                    f.default_hadamard ? ("had" + std::to_string(f.default_hadamard)).c_str() : "-",
+                    f.description);
+      s << line;
+    }
+    std::cout << (*json ? j.dump(2) + "\n" : s.str());
+  };
+}
+
+void add_eval(CLI::App& app) {
+  auto* c = app.add_subcommand("eval", "Perplexity of an original or fp4q-quantized model");
+  c->footer("Examples:\n  fp4q eval data/models/stories260K --text data/text/wikitext2-test.txt --seqlen 512\n"
+            "  fp4q eval out/s-nvfp4 --text data/text/wikitext2-test.txt --activations fp4");
+  struct Args {
+    std::string dir, text, ids, activations, format, dump_logits, logits_ids;
+    int64_t seqlen = 2048, max_windows = 0;
+    int hadamard = -1;
+  };
+  auto a = std::make_shared<Args>();
+  c->add_option("MODEL", a->dir, "Original model directory or fp4q output (compressed-tensors)")->required();
+  c->add_option("--text", a->text, "Evaluation text (default: bundled WikiText-2 test)");
+  c->add_option("--ids", a->ids, "Pre-tokenised evaluation ids instead of --text");
+  c->add_option("--seqlen", a->seqlen, "Window length (non-overlapping windows; clipped to max positions)")->capture_default_str();
+  c->add_option("--max-windows", a->max_windows, "Evaluate at most this many windows (0 = all)");
+  c->add_option("--activations", a->activations, "none | fp4: fake-quantise Linear inputs (default: as the quantized model was made)");
+  c->add_option("--format", a->format, "For an original model with --activations fp4: nvfp4 | mxfp4");
+  c->add_option("--hadamard", a->hadamard, "For an original model with --activations fp4: rotation block");
+  c->add_option("--dump-logits", a->dump_logits, "Write float32 logits [T x vocab] of --logits-ids to this file");
+  c->add_option("--logits-ids", a->logits_ids, "Token ids (JSON array / whitespace separated) for --dump-logits");
+  actions()[c] = [a] {
+    pipeline::EvalOptions o;
+    o.dir = a->dir;
+    o.text_path = a->text.empty() && a->ids.empty() ? std::string(FP4Q_DATA_DIR) + "/text/wikitext2-test.txt" : a->text;
+    o.ids_path = a->ids;
+    o.seqlen = a->seqlen;
+    o.max_windows = a->max_windows;
+    if (!a->activations.empty()) o.activations = static_cast<int>(parse_acts(a->activations));
+    if (!a->format.empty()) o.format = static_cast<int>(format::parse_format(a->format));
+    o.hadamard = a->hadamard;
+    o.dump_logits = a->dump_logits;
+    o.logits_ids = a->logits_ids;
+    const auto r = pipeline::run_eval(o);
+    if (r.tokens > 0)
+      std::printf("%s\ttokens=%lld\twindows=%lld\tnll=%.6f\tppl=%.4f\n", a->dir.c_str(),
+                  static_cast<long long>(r.tokens), static_cast<long long>(r.windows), r.mean_nll, r.ppl);
+  };
+}
+
+void add_dequant(CLI::App& app) {
+  auto* c = app.add_subcommand("dequant", "Write a plain (dequantised, rotation undone) model from an fp4q output");
+  struct Args { std::string in, out, dtype; bool force = false; };
+  auto a = std::make_shared<Args>();
+  c->add_option("QUANT_DIR", a->in, "fp4q output directory (compressed-tensors)")->required();
+  c->add_option("OUT_DIR", a->out, "Output model directory")->required();
+  c->add_option("--dtype", a->dtype, "bf16 | f16 | f32 (default: the dtype of the unquantized tensors)");
+  c->add_flag("--force", a->force, "Replace OUT_DIR if it exists");
+  actions()[c] = [a] { pipeline::run_dequant(a->in, a->out, a->dtype, a->force); };
+}
+
+void add_hessians(CLI::App& app) {
+  auto* c = app.add_subcommand("hessians", "Compute calibration Hessians of every Linear input (full-precision model)");
+  struct Args { std::string model, out; bool force = false; CalibArgs calib; };
+  auto a = std::make_shared<Args>();
+  c->add_option("MODEL", a->model, "Model directory")->required();
+  c->add_option("OUT", a->out, "Output .safetensors file")->required();
+  c->add_flag("--force", a->force, "Replace OUT if it exists");
+  a->calib.add(c);
+  actions()[c] = [a] { pipeline::run_hessians(a->model, a->out, a->calib.get(), a->force); };
+}
+
+void add_report(CLI::App& app) {
+  auto* c = app.add_subcommand("report", "Per-layer weight and Hessian-weighted error for several formats/methods");
+  c->footer("Example:\n  fp4q report data/models/stories260K --formats nvfp4,mxfp4 --methods rtn,gptq,mr-gptq --format tsv");
+  struct Args {
+    std::string model, formats = "nvfp4,mxfp4", methods = "rtn,gptq,mr-gptq", table = "text", hessians;
+    CalibArgs calib;
+  };
+  auto a = std::make_shared<Args>();
+  c->add_option("MODEL", a->model, "Model directory")->required();
+  c->add_option("--formats", a->formats, "Comma-separated formats")->capture_default_str();
+  c->add_option("--methods", a->methods, "Comma-separated methods")->capture_default_str();
+  c->add_option("--format", a->table, "Output: text | tsv | csv | json")->capture_default_str();
+  c->add_option("--hessians", a->hessians, "Precomputed Hessians instead of calibration");
+  a->calib.add(c);
+  actions()[c] = [a] {
+    pipeline::ReportOptions o;
+    o.model_dir = a->model;
+    auto split = [](const std::string& s) {
+      std::vector<std::string> v;
+      std::stringstream ss(s);
+      for (std::string x; std::getline(ss, x, ',');)
+        if (!x.empty()) v.push_back(x);
+      return v;
+    };
+    for (const auto& f : split(a->formats)) o.formats.push_back(format::parse_format(f));
+    for (const auto& m : split(a->methods)) o.methods.push_back(pipeline::parse_method(m));
+    o.hessians_path = a->hessians;
+    o.calib = a->calib.get();
+    const auto tf = pipeline::parse_table_format(a->table);
+    const auto recs = pipeline::run_report(o);
+    std::cout << pipeline::records_table(recs, tf);
+  };
+}
+
+}  // namespace
+
+void register_all(CLI::App& app) {
+  add_quantize(app);
+  add_eval(app);
+  add_report(app);
+  add_inspect(app);
+  add_formats(app);
+  add_dequant(app);
+  add_hessians(app);
+}
+
+void run_selected(CLI::App& app) {
+  for (auto* sub : app.get_subcommands()) {
+    auto it = actions().find(sub);
+    if (it != actions().end()) it->second();
+  }
+}
+
+}  // namespace fp4q::cli
