@@ -1,0 +1,50 @@
+#include "fp4q/pipeline/hessian_file.h"
+
+#include <cstring>
+
+#include "fp4q/core/error.h"
+
+namespace fp4q::pipeline {
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+}  // namespace
+
+std::string hessian_key_module(const std::string& module) {
+  for (const char* from : {"self_attn.k_proj", "self_attn.v_proj"})
+    if (ends_with(module, from)) return module.substr(0, module.size() - std::strlen(from)) + "self_attn.q_proj";
+  if (ends_with(module, "mlp.up_proj"))
+    return module.substr(0, module.size() - std::strlen("mlp.up_proj")) + "mlp.gate_proj";
+  return module;
+}
+
+HessianFile HessianFile::open(const std::string& path) {
+  auto f = io::SafetensorsFile::open(path);
+  const auto& md = f.metadata();
+  if (!md.contains("format") || md["format"] != "fp4q-hessians")
+    throw Error(ErrorKind::kInput, "not an fp4q Hessian file (__metadata__.format != \"fp4q-hessians\")",
+                path, "create one with `fp4q hessians MODEL OUT.safetensors`");
+  return HessianFile(std::move(f));
+}
+
+std::vector<float> HessianFile::read(const std::string& module, int64_t in, int64_t* samples) const {
+  const std::string key = hessian_key_module(module);
+  const auto* h = f_.find(key + ".hessian");
+  const auto* n = f_.find(key + ".hessian_samples");
+  if (!h || !n)
+    throw Error(ErrorKind::kInput, "no Hessian for " + module + " (looked for " + key + ".hessian)",
+                f_.path(), "was the file made for this model?");
+  if (h->dtype != io::DType::kF32 || h->shape != std::vector<int64_t>{in, in})
+    throw Error(ErrorKind::kInput,
+                "expected F32 [" + std::to_string(in) + ", " + std::to_string(in) + "]", f_.path() + ": " + h->name);
+  if (n->dtype != io::DType::kI64 || n->numel() != 1)
+    throw Error(ErrorKind::kInput, "expected I64 [1]", f_.path() + ": " + n->name);
+  int64_t cnt;
+  std::memcpy(&cnt, f_.data(*n), 8);
+  if (samples) *samples = cnt;
+  return f_.read_f32(*h);
+}
+
+}  // namespace fp4q::pipeline
