@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fp4q/core/parallel.h"
 #include "fp4q/format/format.h"
 
 namespace fp4q::format::detail {
@@ -64,4 +65,16 @@ namespace fp4q::format::detail {
 void check_finite(const float* w, int64_t rows, int64_t cols, const std::string& where);
 // Throws fp4q::Error(kInput) unless rows, cols >= 0 and cols % group_size == 0.
 void check_shape(FormatId id, int64_t rows, int64_t cols, const std::string& where);
+
+// f(r) for every row r of a [rows x cols] matrix: fp4q::parallel_for over rows, or a plain loop
+// when the matrix is small (< 64K elements; OpenMP region start-up costs more than the work).
+// Either way each row is processed independently, so results do not depend on threads.
+template <class F>
+void for_rows(int64_t rows, int64_t cols, F&& f) {
+  if (rows * cols < (int64_t{1} << 16)) {
+    for (int64_t r = 0; r < rows; ++r) f(r);
+  } else {
+    parallel_for(static_cast<long>(rows), [&](long r) { f(static_cast<int64_t>(r)); });
+  }
+}
 }  // namespace fp4q::format::detail

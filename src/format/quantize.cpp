@@ -25,7 +25,7 @@ void check_shape(FormatId id, int64_t rows, int64_t cols, const std::string& whe
 
 void check_finite(const float* w, int64_t rows, int64_t cols, const std::string& where) {
   std::vector<int64_t> bad(static_cast<size_t>(rows), -1);  // first bad column per row
-  parallel_for(rows, [&](long r) {
+  for_rows(rows, cols, [&](int64_t r) {
     const float* row = w + r * cols;
     for (int64_t c = 0; c < cols; ++c)
       if (!std::isfinite(row[c])) { bad[r] = c; return; }
@@ -65,7 +65,7 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const G
   q.codes.assign(static_cast<size_t>(rows * cols), 0);
   q.scales = scales;
   const bool is_int = (id == FormatId::kINT4);
-  parallel_for(rows, [&](long r) {
+  detail::for_rows(rows, cols, [&](int64_t r) {
     float d;
     for (int64_t k = 0; k < groups; ++k) {
       const float s = scales.values[r * groups + k];
@@ -82,7 +82,7 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const G
 void dequantize(const QuantizedMatrix& q, float* out) {
   const int g = spec(q.format).group_size;
   const int64_t groups = q.cols / g;
-  parallel_for(q.rows, [&](long r) {
+  detail::for_rows(q.rows, q.cols, [&](int64_t r) {
     for (int64_t c = 0; c < q.cols; ++c) {
       const int64_t i = r * q.cols + c;
       out[i] = element_decode(q.format, q.codes[i]) * q.scales.values[r * groups + c / g];

@@ -28,10 +28,11 @@
 // e4m3(0.5 * amax/6 * gs) to absmax+1, which still contains the absmax code); the final codes
 // use the full window at the chosen global scale. So total(final) <= total_narrow(chosen) <=
 // total_narrow(gs0) <= total(absmax). Totals are summed per row and then over rows in order, so
-// the result does not depend on the thread count.
+// the result does not depend on the thread count. Finally the chosen gs is compared with gs0
+// under the full window (ties -> gs0), so the result is also never worse than per-group MSE at
+// gs0 (and hence than the reference search at gs0, on the total).
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -183,16 +184,21 @@ double choose_row(FormatId id, const float* x, int64_t groups, int g, ScaleMetho
   return total;
 }
 
-// Total MSE-optimal squared error of W at NVFP4 global scale gs (window lo_factor).
-double nv_total_error(const float* w, int64_t rows, int64_t cols, int g, float gs,
-                      float lo_factor) {
-  std::vector<double> row_err(static_cast<size_t>(rows), 0.0);
-  parallel_for(rows, [&](long r) {
-    row_err[r] = choose_row(FormatId::kNVFP4, w + r * cols, cols / g, g, ScaleMethod::kMse, gs,
-                            lo_factor, nullptr, nullptr);
+// Total MSE-optimal squared error of W for each NVFP4 global scale in `gs` (window lo_factor).
+// One parallel pass over rows for all candidates; per-candidate totals are summed over rows in
+// row order (thread-count independent).
+std::vector<double> nv_total_errors(const float* w, int64_t rows, int64_t cols, int g,
+                                    const std::vector<float>& gs, float lo_factor) {
+  const size_t n = gs.size();
+  std::vector<double> row_err(static_cast<size_t>(rows) * n, 0.0);
+  detail::for_rows(rows, cols, [&](int64_t r) {
+    for (size_t i = 0; i < n; ++i)
+      row_err[r * n + i] = choose_row(FormatId::kNVFP4, w + r * cols, cols / g, g,
+                                      ScaleMethod::kMse, gs[i], lo_factor, nullptr, nullptr);
   });
-  double t = 0.0;
-  for (double e : row_err) t += e;
+  std::vector<double> t(n, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (size_t i = 0; i < n; ++i) t[i] += row_err[r * n + i];
   return t;
 }
 
@@ -202,30 +208,38 @@ constexpr float kSearchLo = 0.5f;  // narrowed window while searching the global
 float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float gs0) {
   const uint16_t h0 = static_cast<uint16_t>(float_to_bits(gs0) >> 16);  // gs0 is bf16-exact
   const int kmax = std::min(127, static_cast<int>(h0) - 1);
-  std::map<int, double> memo;
-  auto total = [&](int k) {
-    auto it = memo.find(k);
-    if (it != memo.end()) return it->second;
-    const float gs = bf16_to_float(static_cast<uint16_t>(h0 - k));
-    double t = nv_total_error(w, rows, cols, g, gs, kSearchLo);
-    memo[k] = t;
-    return t;
-  };
+  auto gs_of = [&](int k) { return bf16_to_float(static_cast<uint16_t>(h0 - k)); };
+  // Coarse pass: k = 0, 16, ..., 112 in one sweep.
+  std::vector<int> ks;
+  for (int k = 0; k <= kmax; k += 16) ks.push_back(k);
+  std::vector<float> gss;
+  for (int k : ks) gss.push_back(gs_of(k));
+  std::vector<double> t = nv_total_errors(w, rows, cols, g, gss, kSearchLo);
   int best = 0;
-  double best_err = total(0);
-  for (int k = 16; k <= kmax; k += 16) {
-    double t = total(k);
-    if (t < best_err) { best_err = t; best = k; }
-  }
+  double best_err = t[0];
+  for (size_t i = 1; i < ks.size(); ++i)
+    if (t[i] < best_err) { best_err = t[i]; best = ks[i]; }
+  // Refinement: best -+ 8, 4, 2, 1 (strict improvement: ties keep the centre, then the larger gs).
   for (int step : {8, 4, 2, 1}) {
-    const int center = best;
-    for (int k : {center - step, center + step}) {
-      if (k < 0 || k > kmax) continue;
-      double t = total(k);
-      if (t < best_err || (t == best_err && k < best)) { best_err = t; best = k; }
-    }
+    std::vector<int> cand;
+    for (int k : {best - step, best + step})
+      if (k >= 0 && k <= kmax) cand.push_back(k);
+    std::vector<float> cg;
+    for (int k : cand) cg.push_back(gs_of(k));
+    std::vector<double> tc = nv_total_errors(w, rows, cols, g, cg, kSearchLo);
+    for (size_t i = 0; i < cand.size(); ++i)
+      if (tc[i] < best_err) {
+        best_err = tc[i];
+        best = cand[i];
+      }
   }
-  return bf16_to_float(static_cast<uint16_t>(h0 - best));
+  // Final safeguard: compare the chosen gs with gs0 under the full window, keep the better
+  // (ties -> gs0), so the result is never worse than per-group MSE at the absmax global scale.
+  if (best != 0) {
+    std::vector<double> tf = nv_total_errors(w, rows, cols, g, {gs0, gs_of(best)}, kFinalLo);
+    if (!(tf[1] < tf[0])) best = 0;
+  }
+  return gs_of(best);
 }
 
 }  // namespace
@@ -269,7 +283,7 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
     }
   }
   out.global_scale = gs;
-  parallel_for(rows, [&](long r) {
+  detail::for_rows(rows, cols, [&](int64_t r) {
     choose_row(id, w + r * cols, out.groups, g, method, gs, kFinalLo,
                out.codes.data() + r * out.groups, out.values.data() + r * out.groups);
   });
