@@ -136,7 +136,10 @@ std::string inspect_text(const json& j) {
 
   o << "\nFiles:\n";
   std::vector<std::vector<std::string>> rows = {{"FILE", "BYTES", "TENSORS", "METADATA"}};
-  for (const auto& f : j.value("files", json::array()))
+  const json files = j.value("files", json::array());
+  const json dtypes = j.value("dtypes", json::object());
+  const json tensors = j.value("tensors", json::array());
+  for (const auto& f : files)
     rows.push_back({f.value("file", std::string()), std::to_string(f.value("bytes", uint64_t{0})),
                     std::to_string(f.value("tensors", 0)),
                     f.contains("metadata") ? f["metadata"].dump() : "{}"});
@@ -144,7 +147,7 @@ std::string inspect_text(const json& j) {
 
   o << "\nDTypes:\n";
   rows = {{"DTYPE", "TENSORS", "BYTES"}};
-  for (const auto& kv : j.value("dtypes", json::object()).items())
+  for (const auto& kv : dtypes.items())
     rows.push_back({kv.key(), std::to_string(kv.value().value("tensors", 0)),
                     std::to_string(kv.value().value("bytes", uint64_t{0}))});
   o << table(rows, {false, true, true}, "  ");
@@ -157,7 +160,7 @@ std::string inspect_text(const json& j) {
 
   o << "\nTensors:\n";
   rows = {{"NAME", "DTYPE", "SHAPE", "BYTES", "FILE"}};
-  for (const auto& t : j.value("tensors", json::array()))
+  for (const auto& t : tensors)
     rows.push_back({t.value("name", std::string()), t.value("dtype", std::string()),
                     shape_text(t.value("shape", json::array())),
                     std::to_string(t.value("bytes", uint64_t{0})), t.value("file", std::string())});

@@ -235,15 +235,15 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   for (int i = 7; i >= 0; --i) n = (n << 8) | f.map_[i];
   if (n > kMaxHeaderBytes)
     throw Error(ErrorKind::kInput,
-                "header length " + std::to_string(n) + " exceeds the limit of " +
+                std::to_string(n) + " exceeds the limit of " +
                     std::to_string(kMaxHeaderBytes) + " bytes",
                 path + ": header length", "the file is corrupt or not a safetensors file");
   if (n > size - 8)
     throw Error(ErrorKind::kInput,
-                "header length " + std::to_string(n) + " exceeds the file: only " +
+                std::to_string(n) + " exceeds the file: only " +
                     std::to_string(size - 8) + " bytes follow the 8-byte prefix",
                 path + ": header length", "the file is truncated or not a safetensors file");
-  if (n == 0) throw Error(ErrorKind::kInput, "header is empty (length 0)", path + ": header");
+  if (n == 0) throw Error(ErrorKind::kInput, "empty (length 0)", path + ": header");
   f.header_len_ = n;
   const uint64_t data_len = size - 8 - n;
   const char* hb = reinterpret_cast<const char*>(f.map_ + 8);
@@ -261,11 +261,11 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
       return true;
     });
   } catch (const json::exception& e) {
-    throw Error(ErrorKind::kInput, std::string("header is not valid UTF-8 JSON: ") + e.what(),
+    throw Error(ErrorKind::kInput, std::string("not valid UTF-8 JSON: ") + e.what(),
                 path + ": header", "the file is corrupt or not a safetensors file");
   }
   if (!h.is_object())
-    throw Error(ErrorKind::kInput, std::string("header must be a JSON object, got ") + h.type_name(),
+    throw Error(ErrorKind::kInput, std::string("must be a JSON object, got ") + h.type_name(),
                 path + ": header");
   if (!dup.empty())
     throw Error(ErrorKind::kInput, "duplicate tensor name in header (appears more than once)",
