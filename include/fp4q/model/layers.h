@@ -1,0 +1,79 @@
+// fp4q/model/layers.h — the building blocks of a decoder layer as plain functions on float32
+// row-major matrices, each fast version with a scalar `_ref` twin (double accumulation) for tests.
+//
+// Conventions: a "[R x C] row-major" matrix has element (r, c) at p[r * ld + c] where ld (the row
+// stride, in floats) is C unless a parameter says otherwise. Token t of a sequence is row t.
+// Position of token t is t (one sequence, positions 0..T-1).
+//
+// Numerics follow transformers' float32 eager path: RMSNorm y = w * (x * rsqrt(mean(x^2) + eps));
+// RoPE angles pos * inv_freq rounded to float32 (as HF's float32 matmul does), cos/sin of that
+// angle; attention softmax(QK^T * head_dim^-0.5 + causal mask) V with float32 scores.
+// All fast functions give results independent of the thread count (every output element is
+// computed by one thread in a fixed order; BLAS calls never split the reduction dimension).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fp4q/model/config.h"
+
+namespace fp4q::model {
+
+// ---- Linear ---------------------------------------------------------------------------------
+// y[T x out] = x[T x in] * W^T (+ bias[out]); W is [out x in] row-major (HF nn.Linear layout).
+// bias may be nullptr. cblas_sgemm.
+void linear(const float* x, int64_t T, int64_t in, const float* W, int64_t out, const float* bias,
+            float* y);
+void linear_ref(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
+                const float* bias, float* y);
+
+// ---- RMSNorm --------------------------------------------------------------------------------
+// y[rows x n] = w[n] * x / sqrt(mean_j x[r, j]^2 + eps), per row. x and y may alias. x rows are
+// `ld` floats apart (ld >= n; y uses the same stride).
+void rms_norm(const float* x, int64_t rows, int64_t n, int64_t ld, const float* w, double eps,
+              float* y);
+void rms_norm_ref(const float* x, int64_t rows, int64_t n, int64_t ld, const float* w, double eps,
+                  float* y);
+
+// ---- RoPE -----------------------------------------------------------------------------------
+// inv_freq[head_dim/2] as transformers computes it in float32 (default: 1 / theta^(2i/head_dim);
+// llama3: the smooth low/high-frequency rescaling of _compute_llama3_parameters).
+std::vector<float> rope_inv_freq(const ModelConfig& c);
+// The same frequencies from the closed-form formula in double precision (test reference).
+std::vector<double> rope_inv_freq_ref(const ModelConfig& c);
+
+// cos/sin tables for positions 0..T-1: cos[t * half + i] = cos(float(t * inv_freq[i])), half =
+// head_dim / 2.
+struct RopeTable {
+  int64_t T = 0;
+  int half = 0;
+  std::vector<float> cos, sin;  // [T x half]
+};
+RopeTable make_rope_table(const std::vector<float>& inv_freq, int64_t T);
+
+// In-place rotary embedding of x[T x n_heads*head_dim] (row stride ld), rotate_half convention:
+// for each head and i < half: (a, b) = (x[i], x[i+half]) ->
+//   (a*cos - b*sin, b*cos + a*sin), with the angle of position t. Requires table.T >= T.
+void apply_rope(float* x, int64_t T, int n_heads, int head_dim, int64_t ld, const RopeTable& table);
+// Reference: angles t * inv_freq[i] recomputed in double, no table.
+void apply_rope_ref(float* x, int64_t T, int n_heads, int head_dim, int64_t ld,
+                    const std::vector<double>& inv_freq);
+
+// ---- Attention ------------------------------------------------------------------------------
+// Causal grouped-query attention of one sequence.
+//   q   [T x n_heads*head_dim]     row-major (head h = columns [h*head_dim, (h+1)*head_dim))
+//   k,v [T x n_kv_heads*head_dim]  row-major; query head h uses kv head h / (n_heads/n_kv_heads)
+//   out [T x n_heads*head_dim]     out[t, h] = sum_{s<=t} softmax_s(q[t,h].k[s,kv(h)] * scale) v[s,kv(h)]
+// scale = 1/sqrt(head_dim). Fast: blocks of query rows per head, Eigen GEMMs, OpenMP over
+// (head, block) items.
+void attention(const float* q, const float* k, const float* v, int64_t T, int n_heads,
+               int n_kv_heads, int head_dim, float* out);
+// Scalar loops, double accumulation of scores, softmax and the weighted sum.
+void attention_ref(const float* q, const float* k, const float* v, int64_t T, int n_heads,
+                   int n_kv_heads, int head_dim, float* out);
+
+// ---- MLP ------------------------------------------------------------------------------------
+// gate[i] = silu(gate[i]) * up[i] for i < n (silu(x) = x / (1 + exp(-x))).
+void swiglu(float* gate, const float* up, int64_t n);
+
+}  // namespace fp4q::model

@@ -1,0 +1,172 @@
+// fp4q/model/model.h — float32 forward pass of a Hugging Face decoder model (config.h lists the
+// architectures), one decoder layer at a time, with a hook on the input of every linear layer.
+//
+// Memory model: Model::open keeps only the embedding matrix, the final norm and lm_head (or
+// nothing extra when tied) in memory as float32, plus the memory-mapped safetensors files.
+// Decoder layers are converted to float32 on demand (load_layer), so a caller can hold one layer
+// at a time. Stored bf16/fp16/fp32 weights are widened exactly to float32; all arithmetic is
+// float32 (reductions that feed a single value, like RMSNorm's mean and softmax sums, in double).
+//
+// Tensor names read (HF layout, all row-major):
+//   model.embed_tokens.weight                      [vocab x hidden]
+//   model.layers.L.input_layernorm.weight          [hidden]
+//   model.layers.L.self_attn.{q,k,v,o}_proj.weight q: [n_heads*head_dim x hidden],
+//                                                  k,v: [n_kv_heads*head_dim x hidden],
+//                                                  o: [hidden x n_heads*head_dim]
+//   model.layers.L.self_attn.{q,k,v}_proj.bias     Qwen2 only, [out]
+//   model.layers.L.self_attn.{q,k}_norm.weight     Qwen3 only, [head_dim]
+//   model.layers.L.post_attention_layernorm.weight [hidden]
+//   model.layers.L.mlp.{gate,up}_proj.weight       [intermediate x hidden]
+//   model.layers.L.mlp.down_proj.weight            [hidden x intermediate]
+//   model.norm.weight                              [hidden]
+//   lm_head.weight                                 [vocab x hidden] (absent when tied)
+// Model::open checks that all of them exist with these shapes and float dtypes (F32/F16/BF16).
+//
+// Thread safety: a Model is immutable after open (the RoPE table cache is mutex-protected), so
+// const methods may be called concurrently; layer_forward itself uses OpenMP/BLAS threads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fp4q/io/safetensors.h"
+#include "fp4q/model/config.h"
+#include "fp4q/model/layers.h"
+
+namespace fp4q::model {
+
+// The 7 linear layers of a decoder layer, in this fixed order (index = static_cast<int>(kind)).
+enum class LinearKind : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown };
+constexpr int kNumLinear = 7;
+
+// "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+// "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj" (the HF module path inside a layer).
+const char* linear_name(LinearKind k);
+// All 7 kinds in order.
+const LinearKind* all_linear_kinds();
+// "model.layers.<layer>.<linear_name(k)>" (append ".weight" / ".bias" for tensors).
+std::string linear_path(int layer, LinearKind k);
+// The kind whose hook call carries this linear's input: q/k/v share the input of kQ, gate/up
+// share the input of kGate; kO and kDown are their own.
+LinearKind input_group(LinearKind k);
+
+struct LinearWeights {
+  std::vector<float> w;     // [out x in] row-major (y = x W^T + bias)
+  int64_t out = 0, in = 0;
+  std::vector<float> bias;  // [out], or empty when the linear has no bias
+};
+
+struct LayerWeights {
+  LinearWeights lin[kNumLinear];  // indexed by LinearKind
+  std::vector<float> input_norm;  // [hidden]
+  std::vector<float> post_norm;   // [hidden] (post_attention_layernorm)
+  std::vector<float> q_norm;      // [head_dim] Qwen3, else empty
+  std::vector<float> k_norm;      // [head_dim] Qwen3, else empty
+  LinearWeights& operator[](LinearKind k) { return lin[static_cast<int>(k)]; }
+  const LinearWeights& operator[](LinearKind k) const { return lin[static_cast<int>(k)]; }
+};
+
+// Called by layer_forward with the input X of the linears of each input group, right before the
+// matrix products, on the calling thread (never from inside a parallel region).
+//   X: [tokens x in] row-major float32, in = hidden for kQ/kGate, n_heads*head_dim for kO,
+//      intermediate for kDown.
+// The hook may read X (e.g. accumulate a Hessian) and may overwrite it in place (e.g. rotate and
+// fake-quantize activations); the layer then uses the overwritten X. Calls per layer, in order:
+//   kQ   (the shared input of q_proj, k_proj, v_proj: the input-RMSNormed hidden state)
+//   kO   (attention output, heads concatenated)
+//   kGate (the shared input of gate_proj, up_proj: the post-attention-RMSNormed hidden state)
+//   kDown (silu(gate) * up)
+// kK, kV and kUp are never passed. Exceptions thrown by the hook propagate out of layer_forward.
+struct LinearHook {
+  virtual ~LinearHook() = default;
+  virtual void on_input(int layer, LinearKind kind, float* x, int64_t tokens, int64_t in) = 0;
+};
+
+// weights_of_layer(l): a float32 LayerWeights to use for layer l (e.g. quantized-dequantized
+// weights). The reference must stay valid until the call for the next layer.
+using LayerWeightsFn = std::function<const LayerWeights&(int)>;
+
+class Model {
+ public:
+  // Reads <dir>/config.json and opens the safetensors files (single or sharded) through
+  // io::ModelFiles; loads embeddings, final norm and lm_head; validates every tensor of every
+  // layer (presence, shape, float dtype) without converting it. Throws Error(kInput/kIo).
+  static Model open(const std::string& dir);
+
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  const ModelConfig& config() const { return cfg_; }
+  const io::ModelFiles& files() const { return *files_; }
+  const std::string& dir() const { return dir_; }
+
+  // float32 copy of decoder layer l (0 <= l < n_layers).
+  LayerWeights load_layer(int l) const;
+
+  // Embedding rows: [T x hidden] row-major for T = ids.size(). Throws Error(kInput) for an id
+  // outside [0, vocab).
+  std::vector<float> embed(const std::vector<int32_t>& ids) const;
+
+  // One decoder layer on one sequence at positions 0..T-1: hidden [T x hidden] row-major, updated
+  // in place (hidden += attn(norm(hidden)); hidden += mlp(norm(hidden))). hook may be nullptr.
+  // Throws Error(kInput) when config.json's sliding window for layer l is < T.
+  void layer_forward(int l, const LayerWeights& w, float* hidden, int64_t T,
+                     LinearHook* hook = nullptr) const;
+
+  // Final RMSNorm and lm_head for rows hidden [T x hidden] -> logits [T x vocab] row-major.
+  void final_norm_logits(const float* hidden, int64_t T, float* logits) const;
+
+  // Full forward of one sequence: logits [T x vocab] row-major. Layers come from
+  // weights_of_layer when given, else load_layer (converted per call, one layer at a time).
+  std::vector<float> forward(const std::vector<int32_t>& ids,
+                             const LayerWeightsFn& weights_of_layer = {},
+                             LinearHook* hook = nullptr) const;
+
+  // Final hidden states only (after all layers, before the final norm): [T x hidden].
+  std::vector<float> forward_hidden(const std::vector<int32_t>& ids,
+                                    const LayerWeightsFn& weights_of_layer = {},
+                                    LinearHook* hook = nullptr) const;
+
+  // Sum over t in [0, T-1) of -log softmax(logits[t])[ids[t+1]] in double, from final hidden
+  // states [T x hidden] (computes logits in row blocks, so memory stays O(block x vocab)).
+  double nll_sum(const float* hidden, const int32_t* ids, int64_t T) const;
+
+  // cos/sin tables for positions 0..T-1 (cached; grows on demand).
+  std::shared_ptr<const RopeTable> rope_table(int64_t T) const;
+
+ private:
+  Model();
+  std::string dir_;
+  ModelConfig cfg_;
+  std::unique_ptr<io::ModelFiles> files_;
+  std::vector<float> embed_;     // [vocab x hidden]
+  std::vector<float> norm_;      // [hidden]
+  std::vector<float> lm_head_;   // [vocab x hidden]; empty when tied (embed_ is used)
+  std::vector<float> inv_freq_;  // [head_dim / 2]
+  struct RopeCache;
+  std::unique_ptr<RopeCache> rope_;
+  const float* lm_head() const { return lm_head_.empty() ? embed_.data() : lm_head_.data(); }
+};
+
+// Perplexity over non-overlapping windows of `seqlen` tokens of ids (the remainder after the last
+// full window is dropped); each window is one sequence at positions 0..seqlen-1 and contributes
+// the NLL of its positions 1..seqlen-1 (seqlen-1 tokens). Sums in double; mean_nll =
+// sum / tokens, ppl = exp(mean_nll).
+// Without weights_of_layer every layer is loaded once and all are kept in memory (float32) for
+// the duration of the call; pass weights_of_layer to control memory or use modified weights.
+// Throws Error(kInput) when seqlen < 2 or ids hold fewer than seqlen tokens.
+struct PplResult {
+  int64_t windows = 0;
+  int64_t tokens = 0;  // windows * (seqlen - 1)
+  double mean_nll = 0.0;
+  double ppl = 0.0;
+  std::vector<double> window_nll_sum;  // per window
+};
+PplResult perplexity(const Model& model, const std::vector<int32_t>& ids, int seqlen,
+                     const LayerWeightsFn& weights_of_layer = {}, LinearHook* hook = nullptr);
+
+}  // namespace fp4q::model
