@@ -1,5 +1,6 @@
 #include "fp4q/pipeline/report.h"
 
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -19,9 +20,9 @@ std::string human_bytes(int64_t n) {
 }
 
 namespace {
-nlohmann::json num_or_null(double v) { return v < 0 ? nlohmann::json() : nlohmann::json(v); }
+nlohmann::json num_or_null(double v) { return (v < 0 || std::isnan(v)) ? nlohmann::json() : nlohmann::json(v); }
 std::string fmt_err(double v) {
-  if (v < 0) return "-";
+  if (v < 0 || std::isnan(v)) return "-";
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.3e", v);
   return buf;

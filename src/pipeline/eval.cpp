@@ -1,0 +1,184 @@
+#include "fp4q/pipeline/eval.h"
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+
+#include <spdlog/spdlog.h>
+
+#include "fp4q/core/error.h"
+#include "fp4q/exporter/exporter.h"
+#include "fp4q/exporter/importer.h"
+#include "fp4q/io/writer.h"
+#include "fp4q/model/tokenizer.h"
+#include "fp4q/transform/hadamard.h"
+#include "internal.h"
+
+namespace fp4q::pipeline {
+
+using namespace detail;
+
+namespace {
+
+bool is_quantized_dir(const std::string& dir) {
+  std::ifstream f(dir + "/config.json");
+  if (!f) return false;
+  const auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("quantization_config");
+}
+
+// Layer weights of an fp4q output: quantized Linears dequantised in the rotated domain (their
+// inputs are rotated online by the hook), everything else read as stored.
+class QuantizedWeights {
+ public:
+  QuantizedWeights(const model::Model& m, const exporter::ImportedModel& im) : m_(m), im_(im) {}
+  const model::LayerWeights& layer(int l) {
+    if (l != cached_) {
+      w_ = load(l);
+      cached_ = l;
+    }
+    return w_;
+  }
+
+ private:
+  model::LayerWeights load(int l) const {
+    const auto& cfg = m_.config();
+    const auto& files = im_.files();
+    model::LayerWeights w;
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w.input_norm = files.read_f32(p + "input_layernorm.weight");
+    w.post_norm = files.read_f32(p + "post_attention_layernorm.weight");
+    if (cfg.qk_norm) {
+      w.q_norm = files.read_f32(p + "self_attn.q_norm.weight");
+      w.k_norm = files.read_f32(p + "self_attn.k_norm.weight");
+    }
+    for (int k = 0; k < model::kNumLinear; ++k) {
+      const std::string mod = model::linear_path(l, static_cast<model::LinearKind>(k));
+      auto& lw = w.lin[k];
+      if (im_.is_quantized(mod)) {
+        const auto ql = im_.load(mod);
+        lw.out = ql.q.rows;
+        lw.in = ql.q.cols;
+        lw.w.resize(static_cast<size_t>(lw.out * lw.in));
+        format::dequantize(ql.q, lw.w.data());
+      } else {
+        lw.w = files.read_f32(mod + ".weight");
+        const auto& shape = files.info(mod + ".weight").shape;
+        lw.out = shape[0];
+        lw.in = shape[1];
+      }
+      if (files.has(mod + ".bias")) lw.bias = files.read_f32(mod + ".bias");
+    }
+    return w;
+  }
+  const model::Model& m_;
+  const exporter::ImportedModel& im_;
+  model::LayerWeights w_;
+  int cached_ = -1;
+};
+
+// Online input transforms per layer and input group, as the quantized model prescribes.
+struct PerLayerHook : model::LinearHook {
+  std::map<std::pair<int, int>, InputTransform> t;  // (layer, group) -> transform
+  void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override {
+    auto it = t.find({layer, group_of(kind)});
+    if (it != t.end()) apply_input_transform(it->second, x, tokens, in);
+  }
+};
+
+}  // namespace
+
+EvalResult run_eval(const EvalOptions& opt) {
+  const auto t0 = Clock::now();
+  const auto model = model::Model::open(opt.dir);
+  const auto& cfg = model.config();
+  std::unique_ptr<exporter::ImportedModel> im;
+  std::unique_ptr<QuantizedWeights> qw;
+  PerLayerHook hook;
+  bool use_hook = false;
+  if (is_quantized_dir(opt.dir)) {
+    im = std::make_unique<exporter::ImportedModel>(exporter::ImportedModel::open(opt.dir));
+    qw = std::make_unique<QuantizedWeights>(model, *im);
+    const auto& info = im->info();
+    const bool acts = opt.activations >= 0 ? opt.activations == static_cast<int>(exporter::Activations::kFp4)
+                                           : info.activations == exporter::Activations::kFp4;
+    for (const auto& mod : im->quantized_modules()) {
+      const auto ql = im->load(mod);
+      int layer = -1;
+      std::sscanf(mod.c_str(), "model.layers.%d.", &layer);
+      model::LinearKind kind = model::LinearKind::kQ;
+      for (int k = 0; k < model::kNumLinear; ++k)
+        if (model::linear_path(layer, static_cast<model::LinearKind>(k)) == mod) kind = static_cast<model::LinearKind>(k);
+      if (acts && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
+        throw Error(ErrorKind::kInput, "W4A4 evaluation needs input_global_scale", opt.dir + ": " + mod,
+                    "quantize with --activations fp4, or evaluate with --activations none");
+      hook.t[{layer, group_of(kind)}] = InputTransform{ql.hadamard, acts, info.format,
+                                                      ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f};
+    }
+    use_hook = true;
+    spdlog::info("{}: {} {} model, rotation {}, activations {}", opt.dir, format::spec(info.format).name,
+                 info.method.empty() ? "quantized" : info.method, info.hadamard, acts ? "fp4" : "16-bit");
+  } else if (opt.activations == static_cast<int>(exporter::Activations::kFp4)) {
+    // Original weights with rotated, FP4-quantised activations (dynamic NVFP4 global scale is
+    // not defined without calibration: nvfp4 uses per-tensor 1.0 here, i.e. E4M3 scales alone).
+    const auto fmt = opt.format ? static_cast<format::FormatId>(opt.format) : format::FormatId::kNVFP4;
+    const int had = opt.hadamard >= 0 ? opt.hadamard : format::spec(fmt).default_hadamard;
+    for (int l = 0; l < cfg.n_layers; ++l)
+      for (int g = 0; g < kNumInputGroups; ++g) hook.t[{l, g}] = InputTransform{had, true, fmt, 1.0f};
+    use_hook = true;
+  }
+  model::LayerWeightsFn fn;
+  if (qw) fn = [&qw](int l) -> const model::LayerWeights& { return qw->layer(l); };
+
+  if (!opt.dump_logits.empty()) {
+    if (opt.logits_ids.empty())
+      throw Error(ErrorKind::kUsage, "--dump-logits needs --logits-ids", "--dump-logits");
+    const auto ids = model::read_token_ids(opt.logits_ids);
+    const auto logits = model.forward(ids, fn, use_hook ? &hook : nullptr);
+    std::string bytes(reinterpret_cast<const char*>(logits.data()), logits.size() * sizeof(float));
+    io::write_file_atomic(opt.dump_logits, bytes);
+    spdlog::info("wrote logits [{} x {}] to {}", ids.size(), cfg.vocab, opt.dump_logits);
+    if (opt.text_path.empty() && opt.ids_path.empty()) return {};
+  }
+
+  int32_t bos = -1;
+  auto ids = token_stream(opt.dir, opt.text_path, opt.ids_path, &bos);
+  if (bos >= 0) ids.insert(ids.begin(), bos);  // one BOS at the very start (WikiText-2 style)
+  int64_t seqlen = opt.seqlen;
+  if (cfg.max_pos > 0 && seqlen > cfg.max_pos) {
+    spdlog::info("eval: --seqlen {} clipped to max_position_embeddings {}", seqlen, cfg.max_pos);
+    seqlen = cfg.max_pos;
+  }
+  if (opt.max_windows > 0 && static_cast<int64_t>(ids.size()) > opt.max_windows * seqlen)
+    ids.resize(static_cast<size_t>(opt.max_windows * seqlen));
+  if (static_cast<int64_t>(ids.size()) < seqlen)
+    throw Error(ErrorKind::kInput, "text has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
+                std::to_string(seqlen), opt.ids_path.empty() ? opt.text_path : opt.ids_path, "lower --seqlen");
+  const auto r = model::perplexity(model, ids, static_cast<int>(seqlen), fn, use_hook ? &hook : nullptr);
+  EvalResult e;
+  e.windows = r.windows;
+  e.tokens = r.tokens;
+  e.mean_nll = r.mean_nll;
+  e.ppl = r.ppl;
+  spdlog::info("{}: {} windows x {} tokens, mean NLL {:.6f}, perplexity {:.4f} ({:.1f} s)", opt.dir, r.windows,
+               seqlen, r.mean_nll, r.ppl, since(t0));
+  return e;
+}
+
+void run_dequant(const std::string& quant_dir, const std::string& out_dir, const std::string& dtype, bool force) {
+  const auto im = exporter::ImportedModel::open(quant_dir);
+  io::AtomicDir out(out_dir, force);
+  exporter::ExportOptions eo;
+  if (!dtype.empty()) eo.dtype = parse_export_dtype(dtype);
+  exporter::Exporter ex;
+  ex.begin(quant_dir, im.info(), exporter::ExportKind::kDequant, out.path(), eo);
+  for (const auto& mod : im.quantized_modules()) ex.add_quantized(im.load(mod));
+  for (const auto& name : im.passthrough_tensors())
+    ex.add_passthrough(name, im.files().info(name), im.files().data(name));
+  ex.finish();
+  out.commit();
+  spdlog::info("wrote {} ({} dequantised Linears)", out_dir, im.quantized_modules().size());
+}
+
+}  // namespace fp4q::pipeline

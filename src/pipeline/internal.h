@@ -1,0 +1,80 @@
+// Internal pieces shared by quantize, report, hessians and eval (not a public header).
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fp4q/calib/dataset.h"
+#include "fp4q/exporter/quantized.h"
+#include "fp4q/gptq/hessian.h"
+#include "fp4q/model/model.h"
+#include "fp4q/pipeline/act_quant.h"
+#include "fp4q/pipeline/plan.h"
+#include "fp4q/pipeline/quantize.h"
+#include "fp4q/pipeline/report.h"
+
+namespace fp4q::pipeline::detail {
+
+using Clock = std::chrono::steady_clock;
+inline double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// The result of solving one Linear.
+struct Solved {
+  exporter::QuantizedLinear ql;
+  TensorRecord rec;
+  std::vector<float> deq_rot;  // dequantized rotated weight [out x in]
+};
+
+// Solves the plan's quantized members of one input group (q/k/v, o, gate/up or down) of one
+// layer. W[i] are float32 weights [out x in] (consumed); H is the UNROTATED input Hessian of the
+// group or nullptr (plain RTN without error statistics). NVFP4 members share one global scale.
+std::vector<Solved> solve_group(const QuantSettings& s, const std::vector<const LinearPlan*>& members,
+                                std::vector<std::vector<float>> W, const float* H, int64_t samples);
+
+TensorRecord kept_record(const LinearPlan& lp);
+// Plan entries of `layer` reading input group `group` whose decision equals `quantized`.
+std::vector<const LinearPlan*> group_members(const Plan& plan, int layer, int group, bool quantized);
+
+int group_of(model::LinearKind k);
+bool first_of_group(model::LinearKind k);
+
+// Hessian pass hook: accumulates H = 2/N Σ xxᵀ of the unrotated input of each enabled group,
+// and optionally the amax of the rotated input (NVFP4 activation global scale).
+struct CaptureHook : model::LinearHook {
+  std::array<std::unique_ptr<gptq::HessianAccumulator>, kNumInputGroups> acc;
+  std::array<float, kNumInputGroups> amax{};
+  bool want_amax = false;
+  int hadamard = 0;
+  std::vector<float> tmp;
+  void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override;
+};
+
+// Quantized pass hook: the online input transform of each quantized group.
+struct TransformHook : model::LinearHook {
+  std::array<bool, kNumInputGroups> active{};
+  std::array<InputTransform, kNumInputGroups> t;
+  void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override;
+};
+
+// Tokenised text (or pre-tokenised ids) without special tokens; *bos = the BOS id the
+// tokenizer prepends to a sequence, or -1.
+std::vector<int32_t> token_stream(const std::string& model_dir, const std::string& text_path,
+                                  const std::string& ids_path, int32_t* bos);
+
+// Calibration windows for a model (seqlen clipped to max positions).
+calib::CalibSet calibration_set(const std::string& model_dir, const model::ModelConfig& cfg,
+                                const CalibOptions& c);
+
+// Logs the planned peak and refuses (Error kUsage naming --max-memory) above the limit
+// (limit <= 0: physical memory).
+void check_memory(int64_t planned, int64_t limit);
+
+// Estimated peak bytes of a layer-by-layer calibration run.
+int64_t planned_calibration_bytes(const model::ModelConfig& cfg, int64_t samples, int64_t seqlen);
+
+}  // namespace fp4q::pipeline::detail

@@ -1,0 +1,235 @@
+#include "fp4q/pipeline/quantize.h"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "fp4q/core/error.h"
+#include "fp4q/exporter/exporter.h"
+#include "fp4q/io/writer.h"
+#include "fp4q/pipeline/hessian_file.h"
+#include "internal.h"
+
+namespace fp4q::pipeline {
+
+using namespace detail;
+
+namespace {
+
+std::string weight_name(const LinearPlan& lp) { return lp.name + ".weight"; }
+
+// Streams results into the exporter and the report, one progress line per tensor.
+class Sink {
+ public:
+  Sink(exporter::Exporter& ex, const Plan& plan) : ex_(ex), total_(static_cast<int>(plan.linears.size())) {}
+  void quantized(Solved&& s) {
+    ex_.add_quantized(s.ql);
+    emit(std::move(s.rec));
+  }
+  void kept(const LinearPlan& lp) { emit(kept_record(lp)); }
+  std::vector<TensorRecord>& records() { return records_; }
+
+ private:
+  void emit(TensorRecord r) {
+    spdlog::info("{}", progress_line(r, static_cast<int>(records_.size()) + 1, total_));
+    records_.push_back(std::move(r));
+  }
+  exporter::Exporter& ex_;
+  int total_;
+  std::vector<TensorRecord> records_;
+};
+
+// Passes through every tensor that is not a quantized Linear weight and whose name starts with
+// `prefix` (every remaining tensor when prefix is empty), once.
+class Passthrough {
+ public:
+  Passthrough(exporter::Exporter& ex, const io::ModelFiles& files, const Plan& plan) : ex_(ex), files_(files) {
+    for (const auto& l : plan.linears)
+      if (l.quantize) done_[weight_name(l)] = true;
+  }
+  void flush(const std::string& prefix) {
+    for (const auto& name : files_.names()) {
+      if (!prefix.empty() && name.compare(0, prefix.size(), prefix) != 0) continue;
+      if (done_.count(name)) continue;
+      ex_.add_passthrough(name, files_.info(name), files_.data(name));
+      done_[name] = true;
+    }
+  }
+
+ private:
+  exporter::Exporter& ex_;
+  const io::ModelFiles& files_;
+  std::map<std::string, bool> done_;
+};
+
+std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
+
+}  // namespace
+
+io::DType parse_export_dtype(const std::string& s) {
+  if (s == "bf16" || s == "BF16") return io::DType::kBF16;
+  if (s == "f16" || s == "fp16" || s == "F16") return io::DType::kF16;
+  if (s == "f32" || s == "fp32" || s == "F32") return io::DType::kF32;
+  throw Error(ErrorKind::kUsage, "unknown dtype '" + s + "'", "--dtype", "choose bf16, f16 or f32");
+}
+
+std::string plan_text(const Plan& plan) {
+  std::ostringstream s;
+  int64_t before = 0, after = 0;
+  for (const auto& l : plan.linears) {
+    const int64_t b = l.out * l.in * static_cast<int64_t>(io::dtype_size(l.dtype));
+    const int64_t a = l.quantize ? quantized_bytes(plan.settings.format, l.out, l.in) : b;
+    before += b;
+    after += a;
+    s << l.name << "\t" << l.out << "x" << l.in << "\t"
+      << (l.quantize ? format::spec(plan.settings.format).name : "keep") << "\t"
+      << (l.quantize ? "" : l.skip_reason) << "\n";
+  }
+  s << "# " << plan.num_quantized() << " of " << plan.linears.size() << " linears quantized; "
+    << human_bytes(before) << " -> " << human_bytes(after) << "\n";
+  return s.str();
+}
+
+QuantizeResult run_quantize(const QuantizeOptions& opt) {
+  const auto t0 = Clock::now();
+  const QuantSettings& s = opt.settings;
+  const auto files = io::ModelFiles::open(opt.model_dir);
+  const Plan plan = make_plan(files, s);
+  const bool w4a4 = s.activations == exporter::Activations::kFp4;
+  spdlog::info("{}: {} {} ({} scales, rotation {}, act-order {}, activations {}); {} of {} linears quantized",
+               opt.model_dir, format::spec(s.format).name, method_name(s.method),
+               format::scale_method_name(s.scales), s.hadamard ? std::to_string(s.hadamard) : "none",
+               s.act_order ? "static" : "none", w4a4 ? "fp4" : "16-bit", plan.num_quantized(),
+               plan.linears.size());
+  for (const auto& l : plan.linears)
+    if (!l.quantize) spdlog::info("keeping {} unquantized: {}", l.name, l.skip_reason);
+  QuantizeResult result;
+  if (opt.dry_run) return result;
+
+  if (w4a4 && format::spec(s.format).element != format::ElementType::kE2M1)
+    throw Error(ErrorKind::kUsage, "--activations fp4 needs an FP4 format (nvfp4 or mxfp4)", "--activations");
+  const bool need_hessians = s.method != Method::kRtn;
+  const bool need_act_scale = w4a4 && format::spec(s.format).has_global_scale;
+  const bool calibrate = (need_hessians && opt.hessians_path.empty()) || need_act_scale;
+  std::unique_ptr<HessianFile> hf;
+  if (need_hessians && !opt.hessians_path.empty())
+    hf = std::make_unique<HessianFile>(HessianFile::open(opt.hessians_path));
+
+  io::AtomicDir out(opt.out_dir, opt.force);  // fails now, before any work, if OUT exists
+  exporter::QuantizedModelInfo info;
+  info.format = s.format;
+  info.hadamard = s.hadamard;
+  info.activations = s.activations;
+  info.method = method_name(s.method);
+  info.scales = format::scale_method_name(s.scales);
+  info.ignored_linears = plan.ignored_names();
+  exporter::ExportOptions eo;
+  eo.max_shard_bytes = opt.max_shard_bytes;
+  if (!opt.export_dtype.empty()) eo.dtype = parse_export_dtype(opt.export_dtype);
+  exporter::Exporter ex;
+  ex.begin(opt.model_dir, info, opt.export_kind, out.path(), eo);
+  Sink sink(ex, plan);
+  Passthrough pass(ex, files, plan);
+
+  if (!calibrate) {
+    // Data-free: RTN, or GPTQ with Hessians from a file. One Linear group in memory at a time.
+    for (int l = 0; l < plan.num_layers; ++l) {
+      for (int g = 0; g < kNumInputGroups; ++g) {
+        auto members = group_members(plan, l, g, true);
+        if (members.empty()) continue;
+        std::vector<std::vector<float>> W;
+        for (auto* m : members) W.push_back(files.read_f32(weight_name(*m)));
+        std::vector<float> H;
+        int64_t samples = 0;
+        if (hf) H = hf->read(members.front()->name, members.front()->in, &samples);
+        for (auto& sv : solve_group(s, members, std::move(W), hf ? H.data() : nullptr, samples))
+          sink.quantized(std::move(sv));
+      }
+      for (const auto& lp : plan.linears)
+        if (lp.layer == l && !lp.quantize) sink.kept(lp);
+      pass.flush(layer_prefix(l));
+    }
+  } else {
+    // Sequential calibration: the inputs of layer l+1 are the outputs of the quantized layer l.
+    const auto model = model::Model::open(opt.model_dir);
+    const auto& cfg = model.config();
+    const auto cs = calibration_set(opt.model_dir, cfg, opt.calib);
+    const int64_t n = static_cast<int64_t>(cs.samples.size()), T = cs.seqlen;
+    check_memory(planned_calibration_bytes(cfg, n, T), opt.max_memory);
+    std::vector<std::vector<float>> X(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) X[i] = model.embed(cs.samples[i]);
+    for (int l = 0; l < plan.num_layers; ++l) {
+      const auto tl = Clock::now();
+      const model::LayerWeights w = model.load_layer(l);
+      // 1) Hessian pass with full-precision weights (outputs discarded).
+      CaptureHook cap;
+      cap.hadamard = s.hadamard;
+      cap.want_amax = need_act_scale;
+      for (int g = 0; g < kNumInputGroups; ++g) {
+        auto m = group_members(plan, l, g, true);
+        if (!m.empty() && (need_act_scale || (need_hessians && !hf)))
+          cap.acc[g] = std::make_unique<gptq::HessianAccumulator>(m.front()->in, m.front()->name);
+      }
+      std::vector<float> tmp;
+      for (int64_t i = 0; i < n; ++i) {
+        tmp = X[i];
+        model.layer_forward(l, w, tmp.data(), T, &cap);
+      }
+      const double t_hess = since(tl);
+      // 2) Solve each input group; assemble the quantized layer.
+      model::LayerWeights wq = w;
+      TransformHook th;
+      double herr_sum = 0;
+      int herr_n = 0;
+      for (int g = 0; g < kNumInputGroups; ++g) {
+        auto members = group_members(plan, l, g, true);
+        if (members.empty()) continue;
+        std::vector<std::vector<float>> W;
+        for (auto* m : members) W.push_back(w.lin[static_cast<int>(m->proj)].w);
+        std::vector<float> H;
+        int64_t samples = n;
+        if (hf) H = hf->read(members.front()->name, members.front()->in, &samples);
+        else if (need_hessians) H = cap.acc[g]->hessian();
+        const float ags = need_act_scale ? activation_global_scale(cap.amax[g]) : 0.0f;
+        th.active[g] = true;
+        th.t[g] = InputTransform{s.hadamard, w4a4, s.format, need_act_scale ? ags : 1.0f};
+        auto solved = solve_group(s, members, std::move(W), need_hessians ? H.data() : nullptr, samples);
+        for (size_t i = 0; i < solved.size(); ++i) {
+          Solved& sv = solved[i];
+          wq.lin[static_cast<int>(members[i]->proj)].w = std::move(sv.deq_rot);
+          sv.ql.input_global_scale = ags;
+          if (sv.rec.hessian_err >= 0) { herr_sum += sv.rec.hessian_err; ++herr_n; }
+          sink.quantized(std::move(sv));
+        }
+      }
+      for (const auto& lp : plan.linears)
+        if (lp.layer == l && !lp.quantize) sink.kept(lp);
+      pass.flush(layer_prefix(l));
+      // 3) Inputs of the next layer: this layer with quantized weights (and activations).
+      if (l + 1 < plan.num_layers)
+        for (int64_t i = 0; i < n; ++i) model.layer_forward(l, wq, X[i].data(), T, &th);
+      spdlog::info("layer {}/{}: {} samples, Hessian pass {:.2f} s, layer {:.2f} s, mean h_err {:.3e}, ETA {:.0f} s",
+                   l + 1, plan.num_layers, n, t_hess, since(tl), herr_n ? herr_sum / herr_n : 0.0,
+                   since(t0) / (l + 1) * (plan.num_layers - l - 1));
+    }
+  }
+  pass.flush("");
+  ex.finish();
+  out.commit();
+  result.records = std::move(sink.records());
+  result.seconds = since(t0);
+  spdlog::info("wrote {}\n{}", opt.out_dir, summary_text(result.records, result.seconds));
+  if (!opt.report_path.empty()) {
+    nlohmann::json run = {{"model", opt.model_dir}, {"output", opt.out_dir},
+                          {"format", format::spec(s.format).name}, {"method", method_name(s.method)},
+                          {"scales", format::scale_method_name(s.scales)}, {"hadamard", s.hadamard},
+                          {"act_order", s.act_order ? "static" : "none"}, {"damp", s.damp},
+                          {"activations", w4a4 ? "fp4" : "none"}, {"seconds", result.seconds}};
+    io::write_file_atomic(opt.report_path, report_json(result.records, run).dump(2) + "\n");
+  }
+  return result;
+}
+
+}  // namespace fp4q::pipeline
