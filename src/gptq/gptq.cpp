@@ -1,0 +1,390 @@
+// src/gptq/gptq.cpp — the MR-GPTQ solver (see gptq.h for the algorithm and its rules).
+#include "fp4q/gptq/gptq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "fp4q/core/error.h"
+#include "fp4q/core/parallel.h"
+#include "fp4q/linalg/blas.h"
+#include "fp4q/linalg/cholesky.h"
+#include "fp4q/transform/hadamard.h"
+
+namespace fp4q::gptq {
+
+namespace {
+
+std::string dims(int64_t r, int64_t c) {
+  return "[" + std::to_string(r) + " x " + std::to_string(c) + "]";
+}
+
+// First non-finite entry of x [rows x cols] (only columns [0, row+1) of each row when
+// lower_only), as (row, col), or (-1, -1). Independent of the thread count.
+std::pair<int64_t, int64_t> find_non_finite(const float* x, int64_t rows, int64_t cols,
+                                            bool lower_only) {
+  std::vector<int64_t> bad(static_cast<size_t>(rows), -1);
+  parallel_for(rows, [&](long r) {
+    const float* row = x + r * cols;
+    const int64_t end = lower_only ? std::min<int64_t>(cols, r + 1) : cols;
+    for (int64_t c = 0; c < end; ++c)
+      if (!std::isfinite(row[c])) {
+        bad[r] = c;
+        return;
+      }
+  });
+  for (int64_t r = 0; r < rows; ++r)
+    if (bad[r] >= 0) return {r, bad[r]};
+  return {-1, -1};
+}
+
+// Shapes, scales and finiteness of the solver inputs (h may be nullptr).
+void validate(const float* w, int64_t rows, int64_t cols, const float* h,
+              const format::GroupScales& scales, const std::string& where) {
+  const auto& sp = format::spec(scales.format);
+  if (rows < 0 || cols < 0 || cols % sp.group_size != 0)
+    throw Error(ErrorKind::kInput,
+                "weight " + dims(rows, cols) + ": the column count must be a multiple of the " +
+                    sp.name + " group size " + std::to_string(sp.group_size),
+                where, "this tensor cannot be quantized with this format; exclude it");
+  const int64_t groups = cols / sp.group_size;
+  if (scales.rows != rows || scales.groups != groups ||
+      static_cast<int64_t>(scales.values.size()) != rows * groups)
+    throw Error(ErrorKind::kInternal,
+                "scales are " + dims(scales.rows, scales.groups) + " (" +
+                    std::to_string(scales.values.size()) + " values), the weight " +
+                    dims(rows, cols) + " needs " + dims(rows, groups),
+                where);
+  if (auto b = find_non_finite(w, rows, cols, false); b.first >= 0)
+    throw Error(ErrorKind::kNumeric,
+                "weight has a non-finite value at row " + std::to_string(b.first) + ", column " +
+                    std::to_string(b.second),
+                where, "the checkpoint contains NaN/Inf");
+  if (h) {
+    if (auto b = find_non_finite(h, cols, cols, true); b.first >= 0)
+      throw Error(ErrorKind::kNumeric,
+                  "Hessian has a non-finite value at (" + std::to_string(b.first) + ", " +
+                      std::to_string(b.second) + ")",
+                  where, "the calibration data produced NaN/Inf activations");
+  }
+}
+
+// In-place transpose of the square a [n x n], tile pairs swapped by one thread each.
+void transpose_square(float* a, int64_t n) {
+  constexpr int64_t kT = 64;
+  const int64_t tiles = (n + kT - 1) / kT;
+  parallel_for(tiles, [&](long ti) {
+    const int64_t i0 = ti * kT, i1 = std::min(n, i0 + kT);
+    for (int64_t j0 = i0; j0 < n; j0 += kT) {
+      const int64_t j1 = std::min(n, j0 + kT);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) std::swap(a[i * n + j], a[j * n + i]);
+    }
+  });
+}
+
+// Full symmetric copy of the lower triangle of h [n x n].
+std::vector<float> symmetric_copy(const float* h, int64_t n) {
+  std::vector<float> s(static_cast<size_t>(n * n));
+  parallel_for(n, [&](long i) { std::copy(h + i * n, h + i * n + i + 1, s.data() + i * n); });
+  linalg::mirror_lower_to_upper(s.data(), n, n);
+  return s;
+}
+
+// tr(A·H·Aᵀ) = Σ_ij H_ij (AᵀA)_ij for a [rows x cols], h lower triangle read; g is scratch
+// [cols x cols]. Float32 ssyrk Gram, float64 combination (per-row partials summed in order).
+double hessian_trace(const float* a, int64_t rows, int64_t cols, const float* h, float* g) {
+  if (rows == 0 || cols == 0) return 0.0;
+  linalg::syrk_xtx_lower(cols, rows, 1.0f, a, cols, 0.0f, g, cols);
+  std::vector<double> part(static_cast<size_t>(cols));
+  parallel_for(cols, [&](long i) {
+    const float* hi = h + i * cols;
+    const float* gi = g + i * cols;
+    double s = 0.0;
+    for (int64_t j = 0; j < i; ++j) s += static_cast<double>(hi[j]) * gi[j];
+    part[i] = 2.0 * s + static_cast<double>(hi[i]) * gi[i];
+  });
+  double t = 0.0;
+  for (double v : part) t += v;
+  return t;
+}
+
+double squared_norm(const float* a, int64_t rows, int64_t cols) {
+  std::vector<double> part(static_cast<size_t>(rows));
+  parallel_for(rows, [&](long r) {
+    double s = 0.0;
+    for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(a[r * cols + c]) * a[r * cols + c];
+    part[r] = s;
+  });
+  double t = 0.0;
+  for (double v : part) t += v;
+  return t;
+}
+
+double ratio(double num, double den) {
+  if (den > 0.0) return num / den;
+  return num == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
+}
+
+// d = b - a, elementwise over n values.
+void difference(const float* a, const float* b, float* d, int64_t rows, int64_t cols) {
+  parallel_for(rows, [&](long r) {
+    for (int64_t c = 0; c < cols; ++c) d[r * cols + c] = b[r * cols + c] - a[r * cols + c];
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+void rotate_weight(float* w, int64_t rows, int64_t cols, int block) {
+  transform::hadamard_rows(w, rows, cols, block);
+}
+
+void rotate_hessian(float* h, int64_t n, int block) {
+  if (!transform::check_hadamard_block(n, block)) return;
+  transform::hadamard_rows(h, n, n, block);  // H·B
+  transpose_square(h, n);                    // (H·B)ᵀ = B·H
+  transform::hadamard_rows(h, n, n, block);  // B·H·B
+  constexpr int64_t kT = 64;                 // exact symmetrisation, tile by tile
+  const int64_t tiles = (n + kT - 1) / kT;
+  parallel_for(tiles, [&](long ti) {
+    const int64_t i0 = ti * kT, i1 = std::min(n, i0 + kT);
+    for (int64_t j0 = i0; j0 < n; j0 += kT) {
+      const int64_t j1 = std::min(n, j0 + kT);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) {
+          const float m = 0.5f * (h[i * n + j] + h[j * n + i]);
+          h[i * n + j] = h[j * n + i] = m;
+        }
+    }
+  });
+}
+
+std::vector<int64_t> act_order_permutation(const float* h, int64_t n) {
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  std::stable_sort(perm.begin(), perm.end(),
+                   [&](int64_t a, int64_t b) { return h[a * n + a] > h[b * n + b]; });
+  return perm;
+}
+
+ErrorPair quantization_error(const float* w, const float* w_hat, int64_t rows, int64_t cols,
+                             const float* h) {
+  ErrorPair e;
+  std::vector<float> d(static_cast<size_t>(rows * cols));
+  difference(w, w_hat, d.data(), rows, cols);
+  e.rel_weight_err = std::sqrt(ratio(squared_norm(d.data(), rows, cols),
+                                     squared_norm(w, rows, cols)));
+  if (h) {
+    std::vector<float> g(static_cast<size_t>(cols * cols));
+    const double num = hessian_trace(d.data(), rows, cols, h, g.data());
+    const double den = hessian_trace(w, rows, cols, h, g.data());
+    e.hessian_err = ratio(num, den);
+  }
+  return e;
+}
+
+ErrorPair quantization_error_ref(const double* w, const double* w_hat, int64_t rows, int64_t cols,
+                                 const double* h) {
+  ErrorPair e;
+  double nd = 0.0, nw = 0.0, td = 0.0, tw = 0.0;
+  std::vector<double> d(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      d[c] = w_hat[r * cols + c] - w[r * cols + c];
+      nd += d[c] * d[c];
+      nw += w[r * cols + c] * w[r * cols + c];
+    }
+    if (h)
+      for (int64_t i = 0; i < cols; ++i)
+        for (int64_t j = 0; j < cols; ++j) {
+          td += d[i] * h[i * cols + j] * d[j];
+          tw += w[r * cols + i] * h[i * cols + j] * w[r * cols + j];
+        }
+  }
+  e.rel_weight_err = std::sqrt(ratio(nd, nw));
+  if (h) e.hessian_err = ratio(td, tw);
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+SolveResult rtn_solve(const float* w, int64_t rows, int64_t cols, const float* h,
+                      const format::GroupScales& scales, const std::string& where) {
+  validate(w, rows, cols, h, scales, where);
+  SolveResult res;
+  res.q = format::quantize_rtn(w, rows, cols, scales, where);
+  if (h)
+    for (int64_t i = 0; i < cols; ++i) res.stats.dead_columns += (h[i * cols + i] == 0.0f);
+  std::vector<float> deq(static_cast<size_t>(rows * cols));
+  format::dequantize(res.q, deq.data());
+  const ErrorPair e = quantization_error(w, deq.data(), rows, cols, h);
+  res.stats.rel_weight_err = res.stats.rtn_rel_weight_err = e.rel_weight_err;
+  res.stats.hessian_err = res.stats.rtn_hessian_err = e.hessian_err;
+  return res;
+}
+
+SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* h,
+                       const format::GroupScales& scales, const GptqOptions& opt,
+                       const std::string& where) {
+  if (!h) throw Error(ErrorKind::kInternal, "gptq_solve needs a Hessian", where);
+  if (opt.block_size < 1 || !(opt.damp > 0.0) || !std::isfinite(opt.damp) ||
+      opt.max_damp_tries < 1)
+    throw Error(ErrorKind::kUsage,
+                "GPTQ options: block_size " + std::to_string(opt.block_size) + ", damp " +
+                    std::to_string(opt.damp) + ", max_damp_tries " +
+                    std::to_string(opt.max_damp_tries) + " (need >= 1, > 0, >= 1)",
+                where, "use e.g. --damp 0.01");
+  validate(w, rows, cols, h, scales, where);
+  const format::FormatId fmt = scales.format;
+  const int64_t n = cols;
+  const int64_t gsize = format::spec(fmt).group_size;
+  const int64_t groups = n / gsize;
+
+  SolveResult res;
+  res.q.format = fmt;
+  res.q.rows = rows;
+  res.q.cols = cols;
+  res.q.codes.assign(static_cast<size_t>(rows * cols), 0);
+  res.q.scales = scales;
+  ErrorStats& st = res.stats;
+
+  // 1. Dead inputs (unpermuted coordinates) and the act-order permutation (original diagonal).
+  std::vector<char> dead(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    dead[i] = (h[i * n + i] == 0.0f);
+    st.dead_columns += dead[i];
+  }
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  if (opt.act_order) {
+    perm = act_order_permutation(h, n);
+  } else {
+    std::iota(perm.begin(), perm.end(), int64_t{0});
+  }
+  double mean_diag = 0.0;
+  for (int64_t i = 0; i < n; ++i) mean_diag += dead[i] ? 1.0 : static_cast<double>(h[i * n + i]);
+  mean_diag /= std::max<int64_t>(n, 1);
+  if (n > 0 && !(mean_diag > 0.0))
+    throw Error(ErrorKind::kNumeric,
+                "the Hessian's mean diagonal is " + std::to_string(mean_diag) +
+                    " (a Hessian 2/N·XᵀX has a positive diagonal)",
+                where, "the Hessian is not positive semi-definite; recompute it");
+
+  // 2. Damped, permuted H and its inverse upper Cholesky factor U, escalating the damping.
+  const std::vector<float> hs = symmetric_copy(h, n);
+  std::vector<float> u(static_cast<size_t>(n * n));
+  double lambda = opt.damp;
+  int64_t info = -1;
+  for (int t = 0; t < opt.max_damp_tries; ++t, lambda *= 10.0) {
+    const float add = static_cast<float>(lambda * mean_diag);
+    parallel_for(n, [&](long i) {
+      const int64_t a = perm[i];
+      const float* ha = hs.data() + a * n;
+      float* ui = u.data() + i * n;
+      std::fill(ui, ui + i, 0.0f);  // lower part: not read, keep it defined
+      if (dead[a]) {
+        std::fill(ui + i, ui + n, 0.0f);
+      } else {
+        for (int64_t j = i; j < n; ++j) ui[j] = dead[perm[j]] ? 0.0f : ha[perm[j]];
+      }
+      ui[i] = (dead[a] ? 1.0f : ui[i]) + add;
+    });
+    info = linalg::inverse_upper_cholesky(u.data(), n);
+    if (info == 0) {
+      // A float32 factor of a nearly singular matrix may still overflow; demand finite U.
+      if (auto b = find_non_finite(u.data(), n, n, false); b.first >= 0) info = b.first + 1;
+    }
+    st.damp_tries = t + 1;
+    if (info == 0) break;
+    const int64_t col = perm[std::min<int64_t>(n - 1, std::max<int64_t>(0, info - 1))];
+    spdlog::warn("{}: Cholesky of the damped Hessian failed (input column {}) with damp {:g}{}",
+                 where, col, lambda,
+                 t + 1 < opt.max_damp_tries ? fmt::format("; retrying with {:g}", lambda * 10.0)
+                                            : std::string());
+  }
+  if (info != 0)
+    throw Error(ErrorKind::kNumeric,
+                "Cholesky factorisation of the damped Hessian failed at every damping tried (" +
+                    std::to_string(opt.damp) + " .. " + std::to_string(lambda / 10.0) + ", " +
+                    std::to_string(opt.max_damp_tries) + " tries)",
+                where,
+                "the Hessian is not positive semi-definite; recompute it or raise --damp");
+  st.damp_used = lambda;
+
+  // 3. Permuted working copy of W (dead columns zeroed) and the per-column group index.
+  std::vector<float> wp(static_cast<size_t>(rows * n));
+  parallel_for(rows, [&](long r) {
+    const float* src = w + r * n;
+    float* dst = wp.data() + r * n;
+    for (int64_t j = 0; j < n; ++j) dst[j] = dead[perm[j]] ? 0.0f : src[perm[j]];
+  });
+  std::vector<int64_t> gidx(static_cast<size_t>(n));
+  std::vector<float> udiag(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    gidx[j] = perm[j] / gsize;
+    udiag[j] = u[j * n + j];
+  }
+
+  // 4. The sweep: blocks of B columns; in-block column loop per row (rows in parallel, U is
+  // shared read-only), then one GEMM for the trailing columns.
+  const int64_t bs = std::min<int64_t>(opt.block_size, std::max<int64_t>(n, 1));
+  std::vector<float> err(static_cast<size_t>(rows * bs));
+  uint8_t* codes = res.q.codes.data();
+  const float* svals = scales.values.data();
+  for (int64_t c1 = 0; c1 < n; c1 += bs) {
+    const int64_t c2 = std::min(n, c1 + bs), nb = c2 - c1;
+    parallel_for(rows, [&](long r) {
+      float* wr = wp.data() + r * n;
+      float* er = err.data() + r * bs;
+      const float* sr = svals + r * groups;
+      uint8_t* cr = codes + r * n;
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t j = c1 + i;
+        const float x = wr[j];
+        if (!std::isfinite(x))
+          throw Error(ErrorKind::kNumeric,
+                      "GPTQ update produced a non-finite weight at row " + std::to_string(r) +
+                          ", column " + std::to_string(perm[j]),
+                      where, "the Hessian is badly conditioned; raise --damp");
+        float q;
+        cr[perm[j]] = format::quantize_value(fmt, x, sr[gidx[j]], &q);
+        wr[j] = q;
+        const float e = (x - q) / udiag[j];
+        er[i] = e;
+        const float* uj = u.data() + j * n;
+        for (int64_t k = j + 1; k < c2; ++k) wr[k] -= e * uj[k];
+      }
+    });
+    if (c2 < n)
+      linalg::sgemm(false, false, rows, n - c2, nb, -1.0f, err.data(), bs, u.data() + c1 * n + c2,
+                    n, 1.0f, wp.data() + c2, n);
+  }
+
+  // 5. Statistics in the (rotated) input domain, undamped input H.
+  if (opt.compute_stats) {
+    std::vector<float> d(static_cast<size_t>(rows * n));
+    parallel_for(rows, [&](long r) {  // ΔW = Ŵ − W in the original column order
+      const float* src = w + r * n;
+      const float* q = wp.data() + r * n;
+      float* dr = d.data() + r * n;
+      for (int64_t j = 0; j < n; ++j) dr[perm[j]] = q[j] - src[perm[j]];
+    });
+    float* g = u.data();  // U is no longer needed: Gram scratch
+    const double wn = squared_norm(w, rows, n);
+    const double tw = hessian_trace(w, rows, n, h, g);
+    st.rel_weight_err = std::sqrt(ratio(squared_norm(d.data(), rows, n), wn));
+    st.hessian_err = ratio(hessian_trace(d.data(), rows, n, h, g), tw);
+    const format::QuantizedMatrix rq = format::quantize_rtn(w, rows, cols, scales, where);
+    format::dequantize(rq, wp.data());
+    difference(w, wp.data(), d.data(), rows, n);
+    st.rtn_rel_weight_err = std::sqrt(ratio(squared_norm(d.data(), rows, n), wn));
+    st.rtn_hessian_err = ratio(hessian_trace(d.data(), rows, n, h, g), tw);
+  }
+  return res;
+}
+
+}  // namespace fp4q::gptq
