@@ -53,7 +53,7 @@ int fpquant_group_size(const QuantizedModelInfo& info) {
     throw Error(ErrorKind::kUsage,
                 "the fp-quant layout supports rotation blocks up to 128 (hadamard_group_size in "
                 "{16,32,64,128} for nvfp4, {32,64,128} for mxfp4), got " + std::to_string(h),
-                "--hadamard", "use --hadamard 128 or smaller, or --layout compressed-tensors");
+                "--hadamard", "use --hadamard 128 or smaller, or --export compressed-tensors");
   return g;
 }
 
@@ -95,7 +95,7 @@ void check_combination(const QuantizedModelInfo& info, ExportKind kind) {
   const bool fpq = kind == ExportKind::kFpQuantReal || kind == ExportKind::kFpQuantPseudo;
   if (fpq && info.format == format::FormatId::kINT4)
     throw Error(ErrorKind::kUsage, "the fp-quant layout has no INT4 format (nvfp4/mxfp4 only)",
-                "--layout", "use --layout compressed-tensors (pack-quantized) or dequant for int4");
+                "--export", "use --export compressed-tensors (pack-quantized) or dequant for int4");
   if (kind == ExportKind::kCompressedTensors && info.format == format::FormatId::kINT4 &&
       info.activations == Activations::kFp4)
     throw Error(ErrorKind::kUsage,

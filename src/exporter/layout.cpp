@@ -25,7 +25,7 @@ ExportKind parse_export_kind(const std::string& s) {
   if (s == "fp-quant" || s == "fp-quant-real") return ExportKind::kFpQuantReal;
   if (s == "fp-quant-pseudo") return ExportKind::kFpQuantPseudo;
   if (s == "dequant") return ExportKind::kDequant;
-  throw Error(ErrorKind::kUsage, "unknown output layout '" + s + "'", "--layout",
+  throw Error(ErrorKind::kUsage, "unknown output layout '" + s + "'", "--export",
               "valid layouts: compressed-tensors, fp-quant, fp-quant-pseudo, dequant");
 }
 

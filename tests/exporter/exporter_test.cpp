@@ -1024,4 +1024,15 @@ TEST(Layout, WorkedExampleBytesMxfp4) {
   EXPECT_EQ(format::pack_nibbles(q.codes.data(), 1, 32), want);
 }
 
+TEST(Layout, WorkedExampleBytesInt4) {
+  auto sc = format::choose_scales(FormatId::kINT4, kExampleRow, 1, 32, format::ScaleMethod::kAbsmax);
+  EXPECT_EQ(sc.codes, (std::vector<uint16_t>{0x399a}));  // f16(5.25 / 7.5) = 0.7001953125
+  auto q = format::quantize_rtn(kExampleRow, 1, 32, sc);
+  std::vector<uint8_t> ob(32);
+  for (int i = 0; i < 32; ++i) ob[i] = static_cast<uint8_t>(q.codes[i] ^ 8);
+  const std::vector<uint8_t> want = {0x88, 0x97, 0x69, 0xcb, 0x84, 0x98, 0x5a, 0x88,
+                                     0x7f, 0xa9, 0xc6, 0x93, 0x87, 0x1e, 0x88, 0x7b};
+  EXPECT_EQ(format::pack_nibbles(ob.data(), 1, 32), want);  // int32 words 0xcb699788, ...
+}
+
 }  // namespace
