@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
       "  fp4q quantize MODEL OUT --method rtn --export fp-quant-pseudo\n"
       "  fp4q eval OUT --text data/text/wikitext2-test.txt             # perplexity\n"
       "  fp4q inspect OUT --json | jq .quantization_config\n"
-      "  fp4q report MODEL --formats nvfp4,mxfp4 --methods rtn,mr-gptq --table tsv"};
+      "  fp4q report MODEL --formats nvfp4,mxfp4 --methods rtn,mr-gptq --format tsv"};
   app.set_version_flag("--version", "fp4q " FP4Q_VERSION);
   app.require_subcommand(1);
   int verbosity = 1;
