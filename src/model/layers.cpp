@@ -5,10 +5,9 @@
 
 #include <cblas.h>
 
-#include <Eigen/Core>
-
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "par.h"
 
 namespace fp4q::model {
 
@@ -17,20 +16,28 @@ namespace fp4q::model {
 void linear(const float* x, int64_t T, int64_t in, const float* W, int64_t out, const float* bias,
             float* y) {
   if (T <= 0 || out <= 0) return;
-  if (in <= 0) {
-    std::fill(y, y + T * out, 0.0f);
-  } else {
-    // Row-major: Y[T x out] = X[T x in] * W^T, W[out x in] (lda = in, ldb = in, ldc = out).
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T),
-                static_cast<int>(out), static_cast<int>(in), 1.0f, x, static_cast<int>(in), W,
-                static_cast<int>(in), 0.0f, y, static_cast<int>(out));
-  }
-  if (bias) {
-    parallel_for(T, [&](long t) {
-      float* row = y + t * out;
-      for (int64_t o = 0; o < out; ++o) row[o] += bias[o];
-    });
-  }
+  // Fixed blocks of the output (independent of the thread count), one single-threaded sgemm each:
+  // Y[r0:r1, c0:c1] = X[r0:r1, :] * W[c0:c1, :]^T (row-major; lda = ldb = in, ldc = out).
+  constexpr int64_t kRowBlock = 256, kColBlock = 512;
+  const int64_t nr = (T + kRowBlock - 1) / kRowBlock, nc = (out + kColBlock - 1) / kColBlock;
+  const double work = 2.0 * static_cast<double>(T) * out * std::max<int64_t>(in, 1);
+  detail::BlasSingleThread single;
+  detail::par_for_dynamic(static_cast<long>(nr * nc), work, [&](long it) {
+    const int64_t r0 = (it / nc) * kRowBlock, c0 = (it % nc) * kColBlock;
+    const int64_t rows = std::min(kRowBlock, T - r0), cols = std::min(kColBlock, out - c0);
+    float* yb = y + r0 * out + c0;
+    if (in <= 0) {
+      for (int64_t r = 0; r < rows; ++r) std::fill(yb + r * out, yb + r * out + cols, 0.0f);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                  static_cast<int>(cols), static_cast<int>(in), 1.0f, x + r0 * in,
+                  static_cast<int>(in), W + c0 * in, static_cast<int>(in), 0.0f, yb,
+                  static_cast<int>(out));
+    }
+    if (bias)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) yb[r * out + c] += bias[c0 + c];
+  });
 }
 
 void linear_ref(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
@@ -48,7 +55,7 @@ void linear_ref(const float* x, int64_t T, int64_t in, const float* W, int64_t o
 void rms_norm(const float* x, int64_t rows, int64_t n, int64_t ld, const float* w, double eps,
               float* y) {
   const float feps = static_cast<float>(eps);
-  parallel_for(rows, [&](long r) {
+  detail::par_for(static_cast<long>(rows), 3.0 * n, [&](long r) {
     const float* xr = x + r * ld;
     float* yr = y + r * ld;
     double s = 0.0;
@@ -138,7 +145,7 @@ RopeTable make_rope_table(const std::vector<float>& inv_freq, int64_t T) {
   const int half = tab.half;
   tab.cos.resize(static_cast<size_t>(T) * half);
   tab.sin.resize(static_cast<size_t>(T) * half);
-  parallel_for(T, [&](long t) {
+  detail::par_for(static_cast<long>(T), 50.0 * half, [&](long t) {
     for (int i = 0; i < half; ++i) {
       const float angle = static_cast<float>(t) * inv_freq[i];  // float32 product, like HF
       tab.cos[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
@@ -151,7 +158,7 @@ RopeTable make_rope_table(const std::vector<float>& inv_freq, int64_t T) {
 void apply_rope(float* x, int64_t T, int n_heads, int head_dim, int64_t ld, const RopeTable& table) {
   const int half = head_dim / 2;
   FP4Q_ASSERT(table.T >= T && table.half == half);
-  parallel_for(T, [&](long t) {
+  detail::par_for(static_cast<long>(T), 6.0 * n_heads * half, [&](long t) {
     const float* c = table.cos.data() + t * half;
     const float* s = table.sin.data() + t * half;
     for (int h = 0; h < n_heads; ++h) {
@@ -184,9 +191,6 @@ void apply_rope_ref(float* x, int64_t T, int n_heads, int head_dim, int64_t ld,
 // ---- Attention ------------------------------------------------------------------------------
 
 namespace {
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using CMap = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
-using MMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 constexpr int64_t kQueryBlock = 64;
 }  // namespace
 
@@ -201,52 +205,49 @@ void attention(const float* q, const float* k, const float* v, int64_t T, int n_
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const int64_t nblocks = (T + kQueryBlock - 1) / kQueryBlock;
   const long items = static_cast<long>(nblocks * n_heads);
-  ParallelErrors errs;
-  // Every item (query block, head) is computed by one thread in a fixed order, so the result does
-  // not depend on the thread count or the schedule; dynamic scheduling only balances the causal
-  // (triangular) work. Items are issued largest (last query block) first.
-#pragma omp parallel
-  {
-    std::vector<float> S;
-#pragma omp for schedule(dynamic, 1)
-    for (long it = 0; it < items; ++it) {
-      errs.run([&] {
-        const int64_t b = nblocks - 1 - it / n_heads;
-        const int h = static_cast<int>(it % n_heads);
-        const int kvh = h / group;
-        const int64_t r0 = b * kQueryBlock, r1 = std::min(T, r0 + kQueryBlock);
-        const int64_t rows = r1 - r0, keys = r1;  // causal: rows r0..r1-1 see keys 0..r1-1
-        CMap Q(q + r0 * qd + static_cast<int64_t>(h) * head_dim, rows, head_dim,
-               Eigen::OuterStride<>(qd));
-        CMap K(k + static_cast<int64_t>(kvh) * head_dim, keys, head_dim, Eigen::OuterStride<>(kvd));
-        CMap V(v + static_cast<int64_t>(kvh) * head_dim, keys, head_dim, Eigen::OuterStride<>(kvd));
-        S.resize(static_cast<size_t>(rows * keys));
-        MMap Sm(S.data(), rows, keys, Eigen::OuterStride<>(keys));
-        Sm.noalias() = Q * K.transpose();
-        for (int64_t i = 0; i < rows; ++i) {
-          float* s = S.data() + i * keys;
-          const int64_t valid = r0 + i + 1;
-          float m = -INFINITY;
-          for (int64_t j = 0; j < valid; ++j) {
-            s[j] *= scale;
-            m = std::max(m, s[j]);
-          }
-          double sum = 0.0;
-          for (int64_t j = 0; j < valid; ++j) {
-            s[j] = std::exp(s[j] - m);
-            sum += s[j];
-          }
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j < valid; ++j) s[j] *= inv;
-          for (int64_t j = valid; j < keys; ++j) s[j] = 0.0f;
-        }
-        MMap O(out + r0 * qd + static_cast<int64_t>(h) * head_dim, rows, head_dim,
-               Eigen::OuterStride<>(qd));
-        O.noalias() = Sm * V;
-      });
+  const double work = 2.0 * static_cast<double>(T) * T * head_dim * n_heads;  // ~causal flops
+  // Every item (query block, head) is computed by one thread with single-threaded sgemm calls in
+  // a fixed order, so the result does not depend on the thread count or the schedule; dynamic
+  // scheduling only balances the triangular work. Items are issued largest (last block) first.
+  detail::BlasSingleThread single;
+  detail::par_for_dynamic(items, work, [&](long it) {
+    thread_local std::vector<float> S;
+    const int64_t b = nblocks - 1 - it / n_heads;
+    const int h = static_cast<int>(it % n_heads);
+    const int kvh = h / group;
+    const int64_t r0 = b * kQueryBlock, r1 = std::min(T, r0 + kQueryBlock);
+    const int64_t rows = r1 - r0, keys = r1;  // causal: rows r0..r1-1 see keys 0..r1-1
+    const float* Q = q + r0 * qd + static_cast<int64_t>(h) * head_dim;   // [rows x hd], ld qd
+    const float* K = k + static_cast<int64_t>(kvh) * head_dim;           // [keys x hd], ld kvd
+    const float* Vp = v + static_cast<int64_t>(kvh) * head_dim;          // [keys x hd], ld kvd
+    float* O = out + r0 * qd + static_cast<int64_t>(h) * head_dim;       // [rows x hd], ld qd
+    S.resize(static_cast<size_t>(rows * keys));
+    // S[rows x keys] = Q K^T
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                static_cast<int>(keys), head_dim, 1.0f, Q, static_cast<int>(qd), K,
+                static_cast<int>(kvd), 0.0f, S.data(), static_cast<int>(keys));
+    for (int64_t i = 0; i < rows; ++i) {
+      float* s = S.data() + i * keys;
+      const int64_t valid = r0 + i + 1;
+      float m = -INFINITY;
+      for (int64_t j = 0; j < valid; ++j) {
+        s[j] *= scale;
+        m = std::max(m, s[j]);
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j < valid; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int64_t j = 0; j < valid; ++j) s[j] *= inv;
+      for (int64_t j = valid; j < keys; ++j) s[j] = 0.0f;
     }
-  }
-  errs.rethrow();
+    // O[rows x hd] = P[rows x keys] V[keys x hd]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), head_dim,
+                static_cast<int>(keys), 1.0f, S.data(), static_cast<int>(keys), Vp,
+                static_cast<int>(kvd), 0.0f, O, static_cast<int>(qd));
+  });
 }
 
 void attention_ref(const float* q, const float* k, const float* v, int64_t T, int n_heads,
@@ -288,7 +289,7 @@ void attention_ref(const float* q, const float* k, const float* v, int64_t T, in
 
 void swiglu(float* gate, const float* up, int64_t n) {
   const int64_t kChunk = 4096;
-  parallel_for((n + kChunk - 1) / kChunk, [&](long c) {
+  detail::par_for(static_cast<long>((n + kChunk - 1) / kChunk), 20.0 * kChunk, [&](long c) {
     const int64_t e = std::min(n, (c + 1) * kChunk);
     for (int64_t i = c * kChunk; i < e; ++i) {
       const float g = gate[i];

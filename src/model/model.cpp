@@ -7,6 +7,7 @@
 #include "fp4q/core/error.h"
 #include "fp4q/core/log.h"
 #include "fp4q/core/parallel.h"
+#include "par.h"
 
 namespace fp4q::model {
 
@@ -278,7 +279,7 @@ void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t T
   std::vector<float>().swap(v);
   if (hook) hook->on_input(l, LinearKind::kO, ctx.data(), T, QD);
   linear(ctx.data(), T, QD, w[LinearKind::kO].w.data(), H, bias_of(LinearKind::kO), xn.data());
-  parallel_for(T, [&](long t) {
+  detail::par_for(static_cast<long>(T), static_cast<double>(H), [&](long t) {
     for (int64_t j = 0; j < H; ++j) hidden[t * H + j] += xn[t * H + j];
   });
   std::vector<float>().swap(ctx);
@@ -293,7 +294,7 @@ void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t T
   std::vector<float>().swap(u);
   if (hook) hook->on_input(l, LinearKind::kDown, g.data(), T, I);
   linear(g.data(), T, I, w[LinearKind::kDown].w.data(), H, bias_of(LinearKind::kDown), xn.data());
-  parallel_for(T, [&](long t) {
+  detail::par_for(static_cast<long>(T), static_cast<double>(H), [&](long t) {
     for (int64_t j = 0; j < H; ++j) hidden[t * H + j] += xn[t * H + j];
   });
 }
@@ -346,7 +347,7 @@ double Model::nll_sum(const float* hidden, const int32_t* ids, int64_t T) const 
     const int64_t rows = std::min(kBlock, n - r0);
     logits.resize(static_cast<size_t>(rows * V));
     final_norm_logits(hidden + r0 * H, rows, logits.data());
-    parallel_for(rows, [&](long i) {
+    detail::par_for(static_cast<long>(rows), 20.0 * V, [&](long i) {
       const float* lg = logits.data() + i * V;
       float m = -INFINITY;
       for (int64_t j = 0; j < V; ++j) m = std::max(m, lg[j]);

@@ -95,6 +95,21 @@ TEST(Linear, MatchesReferenceWithAndWithoutBias) {
   }
 }
 
+TEST(Linear, ThreadCountIndependentAcrossBlocks) {
+  const int64_t T = 600, in = 300, out = 1100;  // 3 x 3 output blocks
+  auto x = random_vec(T * in, 34), W = random_vec(out * in, 35, 0.05f), b = random_vec(out, 36);
+  std::vector<float> y1(T * out), y3(T * out), r(T * out);
+  const int before = num_threads();
+  set_num_threads(1);
+  linear(x.data(), T, in, W.data(), out, b.data(), y1.data());
+  set_num_threads(3);
+  linear(x.data(), T, in, W.data(), out, b.data(), y3.data());
+  set_num_threads(before);
+  EXPECT_EQ(0, std::memcmp(y1.data(), y3.data(), y1.size() * 4));
+  linear_ref(x.data(), T, in, W.data(), out, b.data(), r.data());
+  EXPECT_LE(compare(y3, r, r.size()).worst_scaled, 5e-6);
+}
+
 TEST(RmsNorm, MatchesReferenceAndFormula) {
   const int64_t rows = 9, n = 64;
   auto x = random_vec(rows * n, 41, 3.0f), w = random_vec(n, 42);

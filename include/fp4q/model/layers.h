@@ -8,8 +8,11 @@
 // Numerics follow transformers' float32 eager path: RMSNorm y = w * (x * rsqrt(mean(x^2) + eps));
 // RoPE angles pos * inv_freq rounded to float32 (as HF's float32 matmul does), cos/sin of that
 // angle; attention softmax(QK^T * head_dim^-0.5 + causal mask) V with float32 scores.
-// All fast functions give results independent of the thread count (every output element is
-// computed by one thread in a fixed order; BLAS calls never split the reduction dimension).
+// All fast functions give results independent of the thread count: work is split into fixed
+// blocks (never depending on the thread count), each computed by one thread in a fixed order;
+// BLAS (cblas_sgemm) is called single-threaded per block, because OpenBLAS's own threading
+// changes low bits with the thread count. OpenBLAS is switched to 1 thread for the duration of
+// each call and restored afterwards (do not run these concurrently with other BLAS users).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +24,8 @@ namespace fp4q::model {
 
 // ---- Linear ---------------------------------------------------------------------------------
 // y[T x out] = x[T x in] * W^T (+ bias[out]); W is [out x in] row-major (HF nn.Linear layout).
-// bias may be nullptr. cblas_sgemm.
+// bias may be nullptr. Fixed 256 x 512 output blocks, single-threaded cblas_sgemm each, OpenMP
+// over blocks.
 void linear(const float* x, int64_t T, int64_t in, const float* W, int64_t out, const float* bias,
             float* y);
 void linear_ref(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
@@ -64,8 +68,8 @@ void apply_rope_ref(float* x, int64_t T, int n_heads, int head_dim, int64_t ld,
 //   q   [T x n_heads*head_dim]     row-major (head h = columns [h*head_dim, (h+1)*head_dim))
 //   k,v [T x n_kv_heads*head_dim]  row-major; query head h uses kv head h / (n_heads/n_kv_heads)
 //   out [T x n_heads*head_dim]     out[t, h] = sum_{s<=t} softmax_s(q[t,h].k[s,kv(h)] * scale) v[s,kv(h)]
-// scale = 1/sqrt(head_dim). Fast: blocks of query rows per head, Eigen GEMMs, OpenMP over
-// (head, block) items.
+// scale = 1/sqrt(head_dim). Fast: 64-row query blocks per head (keys up to the block's last
+// row), sgemm for QK^T and PV, OpenMP over (head, block) items.
 void attention(const float* q, const float* k, const float* v, int64_t T, int n_heads,
                int n_kv_heads, int head_dim, float* out);
 // Scalar loops, double accumulation of scores, softmax and the weighted sum.
