@@ -25,12 +25,15 @@
 // gs0/2: one full period of the E4M3 relative grid). Search: coarse k = 0, 16, ..., 112, then
 // refine around the best k with steps 8, 4, 2, 1 (k -+ step, strict improvement only). Each
 // candidate's total squared error re-picks every group code with a narrowed window (codes from
-// e4m3(0.5 * amax/6 * gs) to absmax+1, which still contains the absmax code); the final codes
-// use the full window at the chosen global scale. So total(final) <= total_narrow(chosen) <=
-// total_narrow(gs0) <= total(absmax). Totals are summed per row and then over rows in order, so
-// the result does not depend on the thread count. Finally the chosen gs is compared with gs0
-// under the full window (ties -> gs0), so the result is also never worse than per-group MSE at
-// gs0 (and hence than the reference search at gs0, on the total).
+// e4m3(0.5 * amax/6 * gs) to absmax+1, which still contains the absmax code), evaluated on a
+// deterministic evenly spaced subset of rows (all rows when rows*cols <= 2^20, else
+// 2^20/cols rows). Totals are summed per row and then over rows in order, so the result does
+// not depend on the thread count. Finally the chosen gs is compared with gs0 on ALL rows under
+// the full window (ties -> gs0), so total(result) <= total(per-group MSE at gs0) <=
+// total(absmax), and also <= the reference search at gs0 (it is per group).
+// Exact pruning: candidates are scanned from the largest scale down and the scan stops once the
+// clipping error of the group's largest element alone reaches the best error so far
+// (clip_lower_bound); this never changes the chosen code, it only skips hopeless candidates.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -57,29 +60,59 @@ float group_amax(const float* x, int g) {
   return m;
 }
 
-// sum_j (x_j - x_hat_j)^2 of a group with effective scale s >= 0 (s == 0: every x_hat is 0).
-double group_sq_error(bool is_int, const float* x, int g, float s) {
+// sum_j (x_j - x_hat_j)^2 of a group with effective scale s >= 0 (s == 0: every x_hat is 0),
+// x_hat exactly as quantize_rtn/dequantize compute it, differences exact in double, summed in
+// element order. E2M1 variant: takes ax = |x| (x_hat has the sign of x, so |x - x_hat| =
+// | |x| - |x_hat| |); the magnitude is built from the RNE thresholds of detail::e2m1_index as a
+// sum of grid increments (.5,.5,.5,.5,1,1,2 -> exactly kE2M1Magnitude[idx]) so the loop has no
+// table lookup and vectorizes.
+double e2m1_group_error(const float* ax, int g, float s) {
   double e = 0.0;
-  if (!(s > 0.0f)) {
-    for (int j = 0; j < g; ++j) e += static_cast<double>(x[j]) * x[j];
-    return e;
+  for (int j = 0; j < g; ++j) {
+    const float v = ax[j] / s;
+    const float m = 0.5f * static_cast<float>((v > 0.25f) + (v >= 0.75f) + (v > 1.25f) +
+                                              (v >= 1.75f)) +
+                    static_cast<float>((v > 2.5f) + (v >= 3.5f)) + 2.0f * static_cast<float>(v > 5.0f);
+    const double diff = static_cast<double>(ax[j]) - static_cast<double>(m * s);
+    e += diff * diff;
   }
+  return e;
+}
+
+double int4_group_error(const float* x, int g, float s) {
+  double e = 0.0;
   float d;
   for (int j = 0; j < g; ++j) {
-    if (is_int) detail::int4_quant(x[j], s, &d); else detail::e2m1_quant(x[j], s, &d);
+    detail::int4_quant(x[j], s, &d);
     const double diff = static_cast<double>(x[j]) - static_cast<double>(d);
     e += diff * diff;
   }
   return e;
 }
 
-// Keeps the better of `best` and candidate (code, value); candidates arrive in descending value
-// order, so strict < implements "ties -> larger scale".
-void consider(bool is_int, const float* x, int g, uint16_t code, float value, Choice* best,
-              bool* have) {
-  double e = group_sq_error(is_int, x, g, value);
-  if (!*have || e < best->err) {
-    *best = {code, value, e};
+double zero_scale_error(const float* x, int g) {
+  double e = 0.0;
+  for (int j = 0; j < g; ++j) e += static_cast<double>(x[j]) * x[j];
+  return e;
+}
+
+// Exact lower bound of a group's error at scale s from its largest-magnitude element alone:
+// no dequantized value exceeds `top` = fl(element_max * s) in magnitude, so that element's
+// term is >= (amax - top)^2 (computed with the same double rounding as the error sums, which are
+// sums of non-negative terms). Non-decreasing as s decreases, so a descending candidate scan may
+// stop as soon as the bound reaches the best error (strict improvement is then impossible):
+// pruning never changes the result.
+double clip_lower_bound(float amax, float top) {
+  if (!(amax > top)) return 0.0;
+  const double d = static_cast<double>(amax) - static_cast<double>(top);
+  return d * d;
+}
+
+// Keeps the better of `best` and candidate (code, value, err); candidates arrive in descending
+// value order, so strict < implements "ties -> larger scale".
+void keep_better(uint16_t code, float value, double err, Choice* best, bool* have) {
+  if (!*have || err < best->err) {
+    *best = {code, value, err};
     *have = true;
   }
 }
@@ -98,6 +131,8 @@ Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor
     return {c0, v0, 0.0};
   }
   if (amax == 0.0f) return {0, 0.0f, 0.0};
+  float ax[64];
+  for (int j = 0; j < g; ++j) ax[j] = std::fabs(x[j]);
   const float s_gs = (amax / 6.0f) * gs;
   const int hi = std::min<int>(c0 + 1, 0x7e);
   const int lo = std::max<int>(1, e4m3_encode(std::min(lo_factor * s_gs, 448.0f)));
@@ -105,9 +140,11 @@ Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor
   bool have = false;
   for (int c = hi; c >= lo; --c) {
     const float v = e4m3_decode(static_cast<uint8_t>(c)) / gs;
-    if (v > 0.0f) consider(false, x, g, static_cast<uint16_t>(c), v, &best, &have);
+    if (!(v > 0.0f)) continue;
+    if (have && clip_lower_bound(amax, 6.0f * v) >= best.err) break;
+    keep_better(static_cast<uint16_t>(c), v, e2m1_group_error(ax, g, v), &best, &have);
   }
-  if (!(v0 > 0.0f)) consider(false, x, g, 0, 0.0f, &best, &have);  // absmax itself is zero
+  if (!(v0 > 0.0f)) keep_better(0, 0.0f, zero_scale_error(x, g), &best, &have);  // absmax is 0
   return best;
 }
 
@@ -117,10 +154,15 @@ Choice mx_choose(const float* x, int g, ScaleMethod m) {
   if (amax == 0.0f) return {0, 0.0f, 0.0};
   const int e0 = mxfp4_absmax_exponent(amax);
   if (m == ScaleMethod::kAbsmax) return {e8m0_encode_exponent(e0), std::ldexp(1.0f, e0), 0.0};
+  float ax[64];
+  for (int j = 0; j < g; ++j) ax[j] = std::fabs(x[j]);
   Choice best;
   bool have = false;
-  for (int e = std::min(e0 + 1, 127); e >= std::max(e0 - 3, -127); --e)
-    consider(false, x, g, e8m0_encode_exponent(e), std::ldexp(1.0f, e), &best, &have);
+  for (int e = std::min(e0 + 1, 127); e >= std::max(e0 - 3, -127); --e) {
+    const float v = std::ldexp(1.0f, e);
+    if (have && clip_lower_bound(amax, 6.0f * v) >= best.err) break;
+    keep_better(e8m0_encode_exponent(e), v, e2m1_group_error(ax, g, v), &best, &have);
+  }
   return best;
 }
 
@@ -151,6 +193,11 @@ Choice int4_choose(const float* x, int g, ScaleMethod m) {
     if (!(v0 > 0.0f)) return {0, 0.0f, 0.0};
     return {c0, v0, 0.0};
   }
+  // The largest-magnitude element clips at +7 s (positive) or -8 s (negative).
+  float xm = 0.0f;
+  for (int j = 0; j < g; ++j)
+    if (std::fabs(x[j]) == amax) { xm = x[j]; break; }
+  const float top_mult = xm > 0.0f ? 7.0f : 8.0f;
   Choice best;
   bool have = false;
   int last = -1;  // candidate codes are non-increasing; skip duplicates
@@ -159,9 +206,11 @@ Choice int4_choose(const float* x, int g, ScaleMethod m) {
     if (c == last) continue;
     last = c;
     const float v = f16_to_float(c);
-    if (v > 0.0f) consider(true, x, g, c, v, &best, &have);
+    if (!(v > 0.0f)) continue;
+    if (have && clip_lower_bound(amax, top_mult * v) >= best.err) break;
+    keep_better(c, v, int4_group_error(x, g, v), &best, &have);
   }
-  if (!(v0 > 0.0f)) consider(true, x, g, 0, 0.0f, &best, &have);
+  if (!(v0 > 0.0f)) keep_better(0, 0.0f, zero_scale_error(x, g), &best, &have);
   return best;
 }
 
@@ -184,37 +233,48 @@ double choose_row(FormatId id, const float* x, int64_t groups, int g, ScaleMetho
   return total;
 }
 
-// Total MSE-optimal squared error of W for each NVFP4 global scale in `gs` (window lo_factor).
-// One parallel pass over rows for all candidates; per-candidate totals are summed over rows in
-// row order (thread-count independent).
-std::vector<double> nv_total_errors(const float* w, int64_t rows, int64_t cols, int g,
-                                    const std::vector<float>& gs, float lo_factor) {
+// Total MSE-optimal squared error, for each NVFP4 global scale in `gs` (window lo_factor), of
+// the rows `rows_used` of W [* x cols]. One parallel pass over those rows for all candidates;
+// per-candidate totals are summed in row order (thread-count independent).
+std::vector<double> nv_total_errors(const float* w, const std::vector<int64_t>& rows_used,
+                                    int64_t cols, int g, const std::vector<float>& gs,
+                                    float lo_factor) {
   const size_t n = gs.size();
-  std::vector<double> row_err(static_cast<size_t>(rows) * n, 0.0);
-  detail::for_rows(rows, cols, [&](int64_t r) {
-    for (size_t i = 0; i < n; ++i)
-      row_err[r * n + i] = choose_row(FormatId::kNVFP4, w + r * cols, cols / g, g,
-                                      ScaleMethod::kMse, gs[i], lo_factor, nullptr, nullptr);
+  const int64_t nr = static_cast<int64_t>(rows_used.size());
+  std::vector<double> row_err(static_cast<size_t>(nr) * n, 0.0);
+  detail::for_rows(nr, cols * static_cast<int64_t>(n), [&](int64_t i) {
+    const float* x = w + rows_used[i] * cols;
+    for (size_t k = 0; k < n; ++k)
+      row_err[i * n + k] = choose_row(FormatId::kNVFP4, x, cols / g, g, ScaleMethod::kMse, gs[k],
+                                      lo_factor, nullptr, nullptr);
   });
   std::vector<double> t(n, 0.0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (size_t i = 0; i < n; ++i) t[i] += row_err[r * n + i];
+  for (int64_t i = 0; i < nr; ++i)
+    for (size_t k = 0; k < n; ++k) t[k] += row_err[i * n + k];
   return t;
 }
 
 constexpr float kFinalLo = 0.2f;   // full MSE window (below the reference's smallest 0.208)
 constexpr float kSearchLo = 0.5f;  // narrowed window while searching the global scale
+constexpr int64_t kSearchElems = int64_t{1} << 20;  // rows sampled for the global search
 
 float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float gs0) {
   const uint16_t h0 = static_cast<uint16_t>(float_to_bits(gs0) >> 16);  // gs0 is bf16-exact
   const int kmax = std::min(127, static_cast<int>(h0) - 1);
   auto gs_of = [&](int k) { return bf16_to_float(static_cast<uint16_t>(h0 - k)); };
+  // The search itself runs on an evenly spaced deterministic subset of at most kSearchElems
+  // elements' worth of rows (row i*rows/n, i < n); the final comparison uses every row.
+  const int64_t n_sub = std::max<int64_t>(1, std::min<int64_t>(rows, kSearchElems / cols));
+  std::vector<int64_t> sub(static_cast<size_t>(n_sub));
+  for (int64_t i = 0; i < n_sub; ++i) sub[i] = i * rows / n_sub;
+  std::vector<int64_t> all(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) all[r] = r;
   // Coarse pass: k = 0, 16, ..., 112 in one sweep.
   std::vector<int> ks;
   for (int k = 0; k <= kmax; k += 16) ks.push_back(k);
   std::vector<float> gss;
   for (int k : ks) gss.push_back(gs_of(k));
-  std::vector<double> t = nv_total_errors(w, rows, cols, g, gss, kSearchLo);
+  std::vector<double> t = nv_total_errors(w, sub, cols, g, gss, kSearchLo);
   int best = 0;
   double best_err = t[0];
   for (size_t i = 1; i < ks.size(); ++i)
@@ -226,7 +286,7 @@ float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float 
       if (k >= 0 && k <= kmax) cand.push_back(k);
     std::vector<float> cg;
     for (int k : cand) cg.push_back(gs_of(k));
-    std::vector<double> tc = nv_total_errors(w, rows, cols, g, cg, kSearchLo);
+    std::vector<double> tc = nv_total_errors(w, sub, cols, g, cg, kSearchLo);
     for (size_t i = 0; i < cand.size(); ++i)
       if (tc[i] < best_err) {
         best_err = tc[i];
@@ -236,7 +296,7 @@ float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float 
   // Final safeguard: compare the chosen gs with gs0 under the full window, keep the better
   // (ties -> gs0), so the result is never worse than per-group MSE at the absmax global scale.
   if (best != 0) {
-    std::vector<double> tf = nv_total_errors(w, rows, cols, g, {gs0, gs_of(best)}, kFinalLo);
+    std::vector<double> tf = nv_total_errors(w, all, cols, g, {gs0, gs_of(best)}, kFinalLo);
     if (!(tf[1] < tf[0])) best = 0;
   }
   return gs_of(best);
@@ -264,6 +324,7 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
   detail::check_shape(id, rows, cols, where);
   detail::check_finite(w, rows, cols, where);
   const int g = spec(id).group_size;
+  FP4Q_ASSERT(g <= 64);  // per-group scratch arrays in the choosers
   GroupScales out;
   out.format = id;
   out.rows = rows;
