@@ -16,15 +16,28 @@ namespace fp4q::format::detail {
 // E2M1 magnitude of index 0..7 (code = sign<<3 | index).
 inline constexpr float kE2M1Magnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 
-// Index of RNE(a) on the E2M1 grid for a = |v| >= 0, saturating at 6 (index 7).
-// Ties go to the even mantissa (FP-Quant cast_to_fp4 / compressed-tensors / PTX
-// cvt.rn.satfinite.e2m1x2): 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4.
-// Hence ">" at ties that round down and ">=" at ties that round up. NaN gives 0 (callers
-// reject non-finite input before).
+// E2M1 rounding thresholds on |v| (midpoints of the grid). Ties go to the even mantissa
+// (FP-Quant cast_to_fp4 / compressed-tensors / PTX cvt.rn.satfinite.e2m1x2): 0.25->0, 0.75->1,
+// 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4; hence ">" at the ties that round down (even indices
+// 0, 2, 4, 6 of this array) and ">=" at the ties that round up (odd indices 1, 3, 5).
+inline constexpr float kE2M1Mid[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+
+// Index of RNE(a) on the E2M1 grid for a = |v| >= 0, saturating at 6 (index 7). NaN gives 0
+// (callers reject non-finite input before).
 inline int e2m1_index(float a) {
-  return static_cast<int>(a > 0.25f) + static_cast<int>(a >= 0.75f) + static_cast<int>(a > 1.25f) +
-         static_cast<int>(a >= 1.75f) + static_cast<int>(a > 2.5f) + static_cast<int>(a >= 3.5f) +
-         static_cast<int>(a > 5.0f);
+  return static_cast<int>(a > kE2M1Mid[0]) + static_cast<int>(a >= kE2M1Mid[1]) +
+         static_cast<int>(a > kE2M1Mid[2]) + static_cast<int>(a >= kE2M1Mid[3]) +
+         static_cast<int>(a > kE2M1Mid[4]) + static_cast<int>(a >= kE2M1Mid[5]) +
+         static_cast<int>(a > kE2M1Mid[6]);
+}
+
+// kE2M1Magnitude[e2m1_index(a)] without a table lookup (so loops vectorize): the same
+// comparisons weighted by the grid increments 0.5, 0.5, 0.5, 0.5, 1, 1, 2 (exact sums).
+inline float e2m1_magnitude(float a) {
+  return 0.5f * static_cast<float>((a > kE2M1Mid[0]) + (a >= kE2M1Mid[1]) + (a > kE2M1Mid[2]) +
+                                   (a >= kE2M1Mid[3])) +
+         static_cast<float>((a > kE2M1Mid[4]) + (a >= kE2M1Mid[5])) +
+         2.0f * static_cast<float>(a > kE2M1Mid[6]);
 }
 
 // Round half to even of |v| < 2^22 without depending on the floating-point environment.

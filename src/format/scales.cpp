@@ -63,16 +63,13 @@ float group_amax(const float* x, int g) {
 // sum_j (x_j - x_hat_j)^2 of a group with effective scale s >= 0 (s == 0: every x_hat is 0),
 // x_hat exactly as quantize_rtn/dequantize compute it, differences exact in double, summed in
 // element order. E2M1 variant: takes ax = |x| (x_hat has the sign of x, so |x - x_hat| =
-// | |x| - |x_hat| |); the magnitude is built from the RNE thresholds of detail::e2m1_index as a
-// sum of grid increments (.5,.5,.5,.5,1,1,2 -> exactly kE2M1Magnitude[idx]) so the loop has no
-// table lookup and vectorizes.
+// | |x| - |x_hat| |); detail::e2m1_magnitude (same thresholds as e2m1_index, no table lookup)
+// keeps the loop vectorizable.
 double e2m1_group_error(const float* ax, int g, float s) {
   double e = 0.0;
   for (int j = 0; j < g; ++j) {
     const float v = ax[j] / s;
-    const float m = 0.5f * static_cast<float>((v > 0.25f) + (v >= 0.75f) + (v > 1.25f) +
-                                              (v >= 1.75f)) +
-                    static_cast<float>((v > 2.5f) + (v >= 3.5f)) + 2.0f * static_cast<float>(v > 5.0f);
+    const float m = detail::e2m1_magnitude(v);
     const double diff = static_cast<double>(ax[j]) - static_cast<double>(m * s);
     e += diff * diff;
   }

@@ -258,6 +258,60 @@ TEST(Mse, AtLeastAsGoodAsReferenceContinuousSearchOnEveryGroup) {
   }
 }
 
+TEST(Mse, ExactOptimumOverDocumentedCandidatesLargestOnTies) {
+  // Random weights plus tie-heavy rows (multiples of 1/8 and 1/2: many exact E2M1/INT4 ties).
+  const int64_t rows = 40, cols = 256;
+  auto w = make_weights(rows, cols, 51);
+  std::mt19937 rng(52);
+  std::uniform_int_distribution<int> k(-48, 48);
+  for (int64_t r = 0; r < 10; ++r)
+    for (int64_t c = 0; c < cols; ++c) w[r * cols + c] = k(rng) / (r % 2 ? 8.0f : 2.0f);
+  int wins_above_absmax = 0;
+  for (FormatId id : kAll) {
+    const int g = spec(id).group_size;
+    const float gs = (id == FormatId::kNVFP4) ? nvfp4_global_scale(w.data(), rows * cols) : 0;
+    auto m = choose_scales(id, w.data(), rows, cols, ScaleMethod::kMse, gs);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t q = 0; q < cols / g; ++q) {
+        const float* x = w.data() + r * cols + q * g;
+        float amax = 0;
+        for (int j = 0; j < g; ++j) amax = std::max(amax, std::fabs(x[j]));
+        if (amax == 0) continue;
+        std::vector<float> cand;  // documented candidate scales (format.h / scales.cpp)
+        float absmax_scale = 0;
+        if (id == FormatId::kNVFP4) {
+          const float sg = amax / 6.0f * gs;
+          const int c0 = e4m3_encode(std::min(sg, 448.0f));
+          absmax_scale = e4m3_decode(static_cast<uint8_t>(c0)) / gs;
+          for (int c = std::max<int>(1, e4m3_encode(0.2f * sg)); c <= std::min(c0 + 1, 0x7e); ++c)
+            cand.push_back(e4m3_decode(static_cast<uint8_t>(c)) / gs);
+        } else if (id == FormatId::kMXFP4) {
+          const int e0 = mxfp4_absmax_exponent(amax);
+          absmax_scale = std::ldexp(1.0f, e0);
+          for (int e = e0 - 3; e <= e0 + 1; ++e) cand.push_back(std::ldexp(1.0f, e));
+        } else {
+          const float s0 = amax / 7.5f;
+          absmax_scale = fp4q::f16_to_float(fp4q::float_to_f16(s0));
+          std::vector<float> f = {7.5f / 7.0f};
+          for (int j = 1; j <= 9; ++j) f.push_back(static_cast<float>(1.0 + j * 0.008));
+          for (int i = 0; i < 100; ++i) f.push_back(static_cast<float>(1.0 - i * 0.8 / 100.0));
+          for (float fi : f) cand.push_back(fp4q::f16_to_float(fp4q::float_to_f16(s0 * fi)));
+        }
+        double best = 1e300;
+        float best_s = 0;
+        for (float sc : cand) {
+          const double e = group_error(id, x, g, sc);
+          if (e < best || (e == best && sc > best_s)) { best = e; best_s = sc; }
+        }
+        const float got = m.values[r * (cols / g) + q];
+        ASSERT_EQ(group_error(id, x, g, got), best) << spec(id).name << " r" << r << " g" << q;
+        ASSERT_EQ(got, best_s) << spec(id).name << " ties must pick the larger scale";
+        wins_above_absmax += got > absmax_scale;
+      }
+  }
+  EXPECT_GT(wins_above_absmax, 0) << "the +1 code / larger INT4 scales are sometimes optimal";
+}
+
 TEST(Mse, Nvfp4GlobalScaleSearch) {
   const int64_t rows = 64, cols = 256;
   auto w = make_weights(rows, cols, 31);
