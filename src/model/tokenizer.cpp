@@ -1345,7 +1345,6 @@ class Loader {
   std::shared_ptr<Regex> regex(const std::string& pattern, const std::string& field) const {
     return std::make_shared<Regex>(onig_compatible(pattern), path_ + ": " + field);
   }
-  static std::string escape_literal(const std::string& s) { return "\\Q" + s + "\\E"; }
 
   Normalizer normalizer(const json& j, const std::string& field) const {
     const std::string type = type_of(j);
