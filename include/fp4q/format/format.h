@@ -18,7 +18,7 @@
 //      INT4 : values = f16_decode(codes)
 //    Exception: a group whose scale is zero (all-zero group, or a scale too small for the scale
 //    type) has codes = 0 AND values = 0 for every format (for MXFP4 byte 0 would decode to
-//    2^-127; values is 0 so that dequantization is exactly 0). Its element codes are all 0/8.
+//    2^-127; values is 0 so that dequantization is exactly 0). Its element codes are all 0.
 #pragma once
 
 #include <cstdint>
