@@ -217,6 +217,44 @@ TEST(Tokenizer, ByteLevelRoundTripsArbitraryUnicode) {
   }
 }
 
+// Random valid UTF-8 (ASCII, spaces, marks, CJK, emoji, controls) survives encode -> decode for
+// the byte-level tokenizers, and byte_fallback keeps every character for stories260K.
+TEST(Tokenizer, RandomUnicodeRoundTrips) {
+  const Tokenizer gpt2 = Tokenizer::from_file(kTestData + "/bytelevel_gpt2.tokenizer.json");
+  const Tokenizer llama3 = Tokenizer::from_file(kTestData + "/bytelevel_llama3.tokenizer.json");
+  const Tokenizer stories = Tokenizer::from_dir(kStoriesDir);
+  const std::vector<uint32_t> pool = {'a', 'b', 'Z', ' ', ' ', '\n', '\t', '\'', '1', '9', '.', '<', 's', '>',
+                                      0x0301, 0x0323, 0x00e9, 0x4e2d, 0x65e5, 0x1f600, 0x200d, 0x2764,
+                                      0xfe0f, 0x0410, 0x05d0, 0x00a0, 0x3000, 0x0001, 0x10ffff, 0x2581};
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string s;
+    const int n = static_cast<int>(rng() % 30);
+    for (int k = 0; k < n; ++k) {
+      const uint32_t cp = pool[rng() % pool.size()];
+      if (cp < 0x80) { s += static_cast<char>(cp); }
+      else if (cp < 0x800) { s += static_cast<char>(0xC0 | (cp >> 6)); s += static_cast<char>(0x80 | (cp & 0x3F)); }
+      else if (cp < 0x10000) {
+        s += static_cast<char>(0xE0 | (cp >> 12)); s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        s += static_cast<char>(0x80 | (cp & 0x3F));
+      } else {
+        s += static_cast<char>(0xF0 | (cp >> 18)); s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); s += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+    }
+    EXPECT_EQ(gpt2.decode(gpt2.encode(s, false)), s) << show(s);
+    EXPECT_EQ(llama3.decode(llama3.encode(s, false)), s) << show(s);
+    // SentencePiece decode turns every "▁" into a space and strips one leading space.
+    std::string want;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s.compare(i, 3, "\u2581") == 0) { want += ' '; i += 2; } else { want += s[i]; }
+    }
+    if (s.find("<s>") == std::string::npos && s.find("</s>") == std::string::npos) {
+      EXPECT_EQ(stories.decode(stories.encode(s, false)), want) << show(s);
+    }
+  }
+}
+
 TEST(Tokenizer, InvalidUtf8IsAnInputError) {
   const Tokenizer tok = Tokenizer::from_dir(kStoriesDir);
   for (const std::string& bad : {std::string("ab\xff"), std::string("\xc3"), std::string("\xed\xa0\x80"),

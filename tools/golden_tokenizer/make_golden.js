@@ -17,8 +17,9 @@
 //       pre-tokenizer, merges stored as [a, b] pairs, ignore_merges=false, ByteLevel
 //       post-processor (no BOS), <|endoftext|> inside the model vocab, like gpt2.
 //   bytelevel_qwen2.tokenizer.json   the same vocab/merges with the Qwen2 Split regex (single
-//       digits), ByteLevel post-processor, <|im_start|>/<|im_end|> specials and two non-special
-//       added tokens (one normalized=true, one with lstrip/rstrip) to exercise added-token options.
+//       digits) and NFC normalizer, ByteLevel post-processor, <|im_start|>/<|im_end|> specials,
+//       a special <mask> with lstrip/rstrip, and non-special added tokens "[NOTE]"
+//       (normalized=true) and "sw" (single_word=true) to exercise the added-token options.
 //   stories260K_metaspace.tokenizer.json  data/models/stories260K/tokenizer.json rewritten to the
 //       newer SentencePiece conversion (normalizer null, Metaspace pre-tokenizer with
 //       prepend_scheme "first", split false, Metaspace decoder), like Mistral / Llama-2 re-exports.
@@ -209,7 +210,8 @@ function buildTokenizers() {
       addedTokens: [added(size, '<|endoftext|>', true), added(size + 1, '<|im_start|>', true),
                     added(size + 2, '<|im_end|>', true),
                     added(size + 3, '[NOTE]', false),  // non-special, normalized=true
-                    added(size + 4, '<mask>', true, { lstrip: true, rstrip: true })],
+                    added(size + 4, '<mask>', true, { lstrip: true, rstrip: true }),
+                    Object.assign(added(size + 5, 'sw', false, { normalized: false }), { single_word: true })],
       ignoreMerges: false,
     });
   }
@@ -305,6 +307,7 @@ function testStrings() {
     // Whitespace-class corner cases and NFC.
     'a\u180eb', ' \u180e x', 'x \u180e', 'a\u2029b \u205f c\u1680d', '\u212b', 'A\u030a ring',
     '\u1100\u1161\u11a8 jamo', 'd\u0307\u0323', '\u0958 nukta', 'e\u0301\u0301', '\u0344',
+    'sw', 'a sw b', 'swim', 'a sw', 'sw.', '(sw)', '_sw_', '1sw', 'e\u0301sw', '\u00e9 sw \u00e9', 'sw sw',
     'x-y-z--w', 'ABC DEF', 'a1b22c333', 'non-breaking\u00a0\u00a0 spaces', '  padded   runs  ',
   ];
   const wiki = fs.readFileSync(kWiki, 'utf8');
