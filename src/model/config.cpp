@@ -201,12 +201,12 @@ const char* arch_name(Arch a) {
   return "?";
 }
 
-ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
+ModelConfig ModelConfig::from_json(const json& j, const std::string& where, bool allow_quantized) {
   if (!j.is_object()) throw Error(ErrorKind::kInput, "expected a JSON object", where);
   ModelConfig c;
   c.arch = parse_arch(j, where, &c.arch_string);
 
-  if (present(j, "quantization_config"))
+  if (!allow_quantized && present(j, "quantization_config"))
     bad(where, "quantization_config",
         "the model is already quantized (" + j.at("quantization_config").dump().substr(0, 120) + ")",
         "fp4q needs the original bf16/fp16/fp32 checkpoint as input");
@@ -265,7 +265,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
   return c;
 }
 
-ModelConfig ModelConfig::load(const std::string& dir) {
+ModelConfig ModelConfig::load(const std::string& dir, bool allow_quantized) {
   std::string path = dir + "/config.json";
   std::ifstream f(path);
   if (!f) throw Error(ErrorKind::kIo, "cannot open file", path, "is this a Hugging Face model directory?");
@@ -277,7 +277,7 @@ ModelConfig ModelConfig::load(const std::string& dir) {
   } catch (const json::exception& e) {
     throw Error(ErrorKind::kInput, std::string("invalid JSON: ") + e.what(), path);
   }
-  return from_json(j, path);
+  return from_json(j, path, allow_quantized);
 }
 
 }  // namespace fp4q::model

@@ -131,10 +131,10 @@ void check_weights(const ModelConfig& c, const LayerWeights& w, int l) {
 
 }  // namespace
 
-Model Model::open(const std::string& dir) {
+Model Model::open(const std::string& dir, bool quantized_linears) {
   Model m;
   m.dir_ = dir;
-  m.cfg_ = ModelConfig::load(dir);
+  m.cfg_ = ModelConfig::load(dir, quantized_linears);
   m.files_ = std::make_unique<io::ModelFiles>(io::ModelFiles::open(dir));
   const ModelConfig& c = m.cfg_;
   const io::ModelFiles& f = *m.files_;
@@ -149,7 +149,7 @@ Model Model::open(const std::string& dir) {
       int64_t out, in;
       linear_shape(c, k, &out, &in);
       const std::string base = linear_path(l, k);
-      check_tensor(f, base + ".weight", {out, in}, dir);
+      if (!quantized_linears) check_tensor(f, base + ".weight", {out, in}, dir);
       if (has_bias(c, k))
         check_tensor(f, base + ".bias", {out}, dir);
       else

@@ -15,11 +15,23 @@
 
 namespace fp4q::pipeline::detail {
 
+void check_finite(const std::vector<float>& w, int64_t rows, int64_t cols, const std::string& where) {
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (!std::isfinite(w[i]))
+      throw Error(ErrorKind::kNumeric,
+                  std::string(std::isnan(w[i]) ? "NaN" : "Inf") + " at [" + std::to_string(static_cast<int64_t>(i) / cols) +
+                      ", " + std::to_string(static_cast<int64_t>(i) % cols) + "] of a [" + std::to_string(rows) + ", " +
+                      std::to_string(cols) + "] weight",
+                  where, "the checkpoint is corrupt or was saved after a diverged update; fp4q cannot quantize it");
+  }
+}
+
 std::vector<Solved> solve_group(const QuantSettings& s, const std::vector<const LinearPlan*>& members,
                                 std::vector<std::vector<float>> W, const float* H, int64_t samples) {
   const auto t0 = Clock::now();
   const auto fmt = s.format;
   const int64_t in = members.front()->in;
+  for (size_t i = 0; i < members.size(); ++i) check_finite(W[i], members[i]->out, in, members[i]->name + ".weight");
   for (size_t i = 0; i < members.size(); ++i)
     gptq::rotate_weight(W[i].data(), members[i]->out, in, s.hadamard);
   std::vector<float> Hr;

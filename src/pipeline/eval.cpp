@@ -91,13 +91,14 @@ struct PerLayerHook : model::LinearHook {
 
 EvalResult run_eval(const EvalOptions& opt) {
   const auto t0 = Clock::now();
-  const auto model = model::Model::open(opt.dir);
+  const bool quantized = is_quantized_dir(opt.dir);
+  const auto model = model::Model::open(opt.dir, quantized);
   const auto& cfg = model.config();
   std::unique_ptr<exporter::ImportedModel> im;
   std::unique_ptr<QuantizedWeights> qw;
   PerLayerHook hook;
   bool use_hook = false;
-  if (is_quantized_dir(opt.dir)) {
+  if (quantized) {
     im = std::make_unique<exporter::ImportedModel>(exporter::ImportedModel::open(opt.dir));
     qw = std::make_unique<QuantizedWeights>(model, *im);
     const auto& info = im->info();

@@ -37,6 +37,8 @@ std::vector<Solved> solve_group(const QuantSettings& s, const std::vector<const 
                                 std::vector<std::vector<float>> W, const float* H, int64_t samples);
 
 TensorRecord kept_record(const LinearPlan& lp);
+// Throws Error(kNumeric) naming `where` and the [row, col] of the first NaN/Inf.
+void check_finite(const std::vector<float>& w, int64_t rows, int64_t cols, const std::string& where);
 // Plan entries of `layer` reading input group `group` whose decision equals `quantized`.
 std::vector<const LinearPlan*> group_members(const Plan& plan, int layer, int group, bool quantized);
 

@@ -69,9 +69,12 @@ struct ModelConfig {
   int64_t kv_dim() const { return static_cast<int64_t>(n_kv_heads) * head_dim; }  // k/v_proj out
 
   // Parses a config.json object. `where` names the file in errors (e.g. "<dir>/config.json").
-  static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
+  // allow_quantized: accept a config.json with quantization_config (fp4q's own outputs, read by
+  // eval); otherwise such a config is an input error.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& where,
+                               bool allow_quantized = false);
   // Reads and parses <dir>/config.json (Error(kIo) when unreadable, kInput when malformed).
-  static ModelConfig load(const std::string& dir);
+  static ModelConfig load(const std::string& dir, bool allow_quantized = false);
 };
 
 }  // namespace fp4q::model

@@ -94,7 +94,10 @@ class Model {
   // Reads <dir>/config.json and opens the safetensors files (single or sharded) through
   // io::ModelFiles; loads embeddings, final norm and lm_head; validates every tensor of every
   // layer (presence, shape, float dtype) without converting it. Throws Error(kInput/kIo).
-  static Model open(const std::string& dir);
+  // quantized_linears: the directory is an fp4q output whose Linear weights are stored in a
+  // quantized layout (validated by exporter::ImportedModel, not here); load_layer() is then
+  // unusable and callers pass their own weights_of_layer.
+  static Model open(const std::string& dir, bool quantized_linears = false);
 
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;

@@ -5,7 +5,8 @@
 //  NVFP4: S = e4m3(min(amax_g/6 · gs_a, 448)), x_hat = e2m1(x·gs_a/S)·S/gs_a with the static
 //         activation global scale gs_a (compressed-tensors `input_global_scale`, multiplier
 //         2688/amax over calibration, bf16-exact) — the scheme vLLM's NVFP4 W4A4 path computes.
-//  MXFP4: OCP rule, e = floor(log2 amax_g) - 2, x_hat = e2m1(x/2^e)·2^e (clipped at ±6·2^e).
+//  MXFP4: the compressed-tensors rule (format::mxfp4_absmax_exponent: floor(log2 amax_g) - 2,
+//         plus one when the mantissa of amax_g is >= 1.75), x_hat = e2m1(x/2^e)·2^e, saturating.
 // Groups run along the input dimension: group k of a row covers columns [k·G, (k+1)·G).
 #pragma once
 
