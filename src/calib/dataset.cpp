@@ -18,11 +18,6 @@ uint64_t draw_below(std::mt19937_64& rng, uint64_t bound) {
 }
 }  // namespace
 
-uint64_t uniform_below(uint64_t& seed, uint64_t bound) {
-  std::mt19937_64 rng(seed);
-  return draw_below(rng, bound);
-}
-
 CalibSet sample_windows(const std::vector<int32_t>& stream, int64_t n, int64_t seqlen,
                         uint64_t seed, int32_t bos, const std::string& where) {
   FP4Q_CHECK(n > 0, ErrorKind::kUsage, "--samples must be positive, got " + std::to_string(n), where);

@@ -24,7 +24,4 @@ struct CalibSet {
 CalibSet sample_windows(const std::vector<int32_t>& stream, int64_t n, int64_t seqlen,
                         uint64_t seed, int32_t bos, const std::string& where);
 
-// Uniform integer in [0, bound) from a 64-bit generator state (exposed for tests).
-uint64_t uniform_below(uint64_t& seed, uint64_t bound);  // one draw from mt19937_64(seed)
-
 }  // namespace fp4q::calib
