@@ -396,10 +396,11 @@ ModelFiles ModelFiles::open(const std::string& path) {
   std::string single, index;
   if (fs::is_directory(st)) {
     mf.dir_ = path;
-    if (fs::exists(p / kIndexName)) {
-      index = (p / kIndexName).string();
-    } else if (fs::exists(p / kSingleName)) {
+    // Same preference as transformers: model.safetensors wins over the index.
+    if (fs::exists(p / kSingleName)) {
       single = (p / kSingleName).string();
+    } else if (fs::exists(p / kIndexName)) {
+      index = (p / kIndexName).string();
     } else {
       std::string found;
       for (const auto& de : fs::directory_iterator(p, ec))

@@ -370,6 +370,12 @@ std::vector<std::string> ShardedWriter::finish() {
       fs::remove(index_path, ec);
     }
   } else {
+    // A stale model.safetensors would be loaded instead of the index (transformers prefers it).
+    std::error_code ec;
+    if (fs::exists(dir_ + "/" + kSingleName, ec)) {
+      spdlog::debug("{}: removing stale {}", dir_, kSingleName);
+      fs::remove(dir_ + "/" + kSingleName, ec);
+    }
     json wm = json::object();
     for (size_t i = 0; i < n; ++i)
       for (const auto& name : shard_names_[i]) wm[name] = files[i];

@@ -235,6 +235,32 @@ TEST(ShardedWriter, EmptyWriterAndStaleIndex) {
   EXPECT_EQ(f.metadata(), json({{"format", "pt"}}));
 }
 
+// Both layouts in one directory: ModelFiles opens model.safetensors (as transformers does); a
+// multi-shard write removes a stale model.safetensors.
+TEST(ShardedWriter, StaleSingleFileRemovedWhenSharding) {
+  ScratchDir d;
+  const uint8_t b[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  {
+    ShardedWriter w(d.path(), 0, json::object());
+    w.add_raw("single", DType::kU8, {8}, b, 8);
+    w.finish();
+  }
+  const std::string keep = d / "keep.safetensors";
+  fs::copy_file(d / "model.safetensors", keep);
+  {
+    ShardedWriter w(d.path(), 4, json::object());
+    w.add_raw("x", DType::kU8, {4}, b, 4);
+    w.add_raw("y", DType::kU8, {4}, b + 4, 4);
+    EXPECT_EQ(w.finish().size(), 3u);
+  }
+  EXPECT_FALSE(fs::exists(d / "model.safetensors"));
+  EXPECT_EQ(ModelFiles::open(d.path()).names(), (std::vector<std::string>{"x", "y"}));
+  fs::copy_file(keep, d / "model.safetensors");
+  EXPECT_EQ(ModelFiles::open(d.path()).names(), std::vector<std::string>{"single"});
+  EXPECT_EQ(ModelFiles::open(d / "model.safetensors.index.json").names(),
+            (std::vector<std::string>{"x", "y"}));
+}
+
 TEST(ShardedWriter, DestructorWithoutFinishLeavesNoFiles) {
   ScratchDir d;
   {

@@ -20,7 +20,9 @@
 //
 // ModelFiles opens a Hugging Face model: a directory with model.safetensors, or a sharded
 // directory with model.safetensors.index.json ({"weight_map": {tensor: shard file}}), or a
-// single *.safetensors path (or the index path itself). The index and the shards must agree
+// single *.safetensors path (or the index path itself). A directory holding both
+// model.safetensors and the index opens model.safetensors (what transformers loads). The index
+// and the shards must agree
 // exactly: every listed tensor is in its shard, every tensor of a referenced shard is listed
 // with that shard, and no tensor name appears twice.
 #pragma once

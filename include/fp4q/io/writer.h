@@ -6,6 +6,8 @@
 //                   "model.safetensors.index.json" =
 //                   {"metadata": {"total_size": <sum of tensor bytes>}, "weight_map": {name: file}}
 //                   (weight_map keys sorted, 2-space indented, trailing newline).
+//   A stale file of the other layout already in dir (model.safetensors.index.json when one shard
+//   is written, model.safetensors when several are) is removed so loaders see only the new one.
 // Each shard is a standard safetensors file (see safetensors.h for the layout): header JSON
 // written compactly as {"__metadata__":{...},"<name>":{"dtype":..,"shape":[..],
 // "data_offsets":[b,e]},...} with tensors in add() order, right-padded with spaces so that
