@@ -2,6 +2,7 @@
 #include "fp4q/gptq/gptq.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -11,6 +12,7 @@
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
 #include "fp4q/linalg/blas.h"
+#include "fp4q/linalg/buffer.h"
 #include "fp4q/linalg/cholesky.h"
 #include "fp4q/transform/hadamard.h"
 
@@ -87,8 +89,8 @@ void transpose_square(float* a, int64_t n) {
 }
 
 // Full symmetric copy of the lower triangle of h [n x n].
-std::vector<float> symmetric_copy(const float* h, int64_t n) {
-  std::vector<float> s(static_cast<size_t>(n * n));
+linalg::HugeBuffer<float> symmetric_copy(const float* h, int64_t n) {
+  linalg::HugeBuffer<float> s(static_cast<size_t>(n * n));
   parallel_for(n, [&](long i) { std::copy(h + i * n, h + i * n + i + 1, s.data() + i * n); });
   linalg::mirror_lower_to_upper(s.data(), n, n);
   return s;
@@ -124,10 +126,70 @@ double squared_norm(const float* a, int64_t rows, int64_t cols) {
   return t;
 }
 
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 double ratio(double num, double den) {
   if (den > 0.0) return num / den;
   return num == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
 }
+
+// The in-block column loop of R rows at once. Row t (t < R) has its block at w + t·ldw
+// (nb values), its error row at err + t·lde, its codes at code + t·ldc and its scales at
+// s + t·nb; ud[i] = U[c1+i, c1+i], ub = &U[c1, c1] (ld ldu). For i = 0..nb-1, per row:
+//   code[i] = Q(w[i]); e = (w[i] - q)/ud[i]; err[i] = e; w[i] = q; w[k] -= e·ub[i, k] (k > i).
+// The R rows are independent; interleaving them hides the latency of the per-column dependency
+// chain (load -> quantize -> divide -> update -> next load), which is what bounds one row.
+// Returns -1, or t·nb + i of the first (row, column) whose input was not finite. Compiled for
+// AVX2 and baseline x86-64 (ifunc dispatch); without FMA contraction (ISO C++ mode) both clones
+// compute the same bits.
+template <int R>
+inline __attribute__((always_inline)) int64_t sweep_rows_block(format::FormatId fmt, float* w, int64_t ldw, float* err, int64_t lde,
+                         uint8_t* code, int64_t ldc, const float* s, const float* ud,
+                         const float* ub, int64_t ldu, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    float e[R];
+    for (int t = 0; t < R; ++t) {
+      float* wt = w + t * ldw;
+      const float x = wt[i];
+      if (!std::isfinite(x)) return t * nb + i;
+      float q;
+      code[t * ldc + i] = format::quantize_value(fmt, x, s[t * nb + i], &q);
+      wt[i] = q;
+      e[t] = (x - q) / ud[i];
+      err[t * lde + i] = e[t];
+    }
+    const float* ui = ub + i * ldu;
+    for (int t = 0; t < R; ++t) {
+      float* wt = w + t * ldw;
+      const float et = e[t];
+      for (int64_t k = i + 1; k < nb; ++k) wt[k] -= et * ui[k];
+    }
+  }
+  return -1;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FP4Q_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FP4Q_CLONES
+#endif
+FP4Q_CLONES int64_t sweep_rows4(format::FormatId fmt, float* w, int64_t ldw, float* err,
+                                int64_t lde, uint8_t* code, int64_t ldc, const float* s,
+                                const float* ud, const float* ub, int64_t ldu, int64_t nb) {
+  return sweep_rows_block<4>(fmt, w, ldw, err, lde, code, ldc, s, ud, ub, ldu, nb);
+}
+FP4Q_CLONES int64_t sweep_rows1(format::FormatId fmt, float* w, int64_t ldw, float* err,
+                                int64_t lde, uint8_t* code, int64_t ldc, const float* s,
+                                const float* ud, const float* ub, int64_t ldu, int64_t nb) {
+  return sweep_rows_block<1>(fmt, w, ldw, err, lde, code, ldc, s, ud, ub, ldu, nb);
+}
+#undef FP4Q_CLONES
+
+constexpr int kRowGroup = 4;
+constexpr int64_t kMaxBlockStack = 4 * 256;  // floats of gathered scales on the stack
 
 // d = b - a, elementwise over n values.
 void difference(const float* a, const float* b, float* d, int64_t rows, int64_t cols) {
@@ -175,12 +237,12 @@ std::vector<int64_t> act_order_permutation(const float* h, int64_t n) {
 ErrorPair quantization_error(const float* w, const float* w_hat, int64_t rows, int64_t cols,
                              const float* h) {
   ErrorPair e;
-  std::vector<float> d(static_cast<size_t>(rows * cols));
+  linalg::HugeBuffer<float> d(static_cast<size_t>(rows * cols));
   difference(w, w_hat, d.data(), rows, cols);
   e.rel_weight_err = std::sqrt(ratio(squared_norm(d.data(), rows, cols),
                                      squared_norm(w, rows, cols)));
   if (h) {
-    std::vector<float> g(static_cast<size_t>(cols * cols));
+    linalg::HugeBuffer<float> g(static_cast<size_t>(cols * cols));
     const double num = hessian_trace(d.data(), rows, cols, h, g.data());
     const double den = hessian_trace(w, rows, cols, h, g.data());
     e.hessian_err = ratio(num, den);
@@ -220,7 +282,7 @@ SolveResult rtn_solve(const float* w, int64_t rows, int64_t cols, const float* h
   res.q = format::quantize_rtn(w, rows, cols, scales, where);
   if (h)
     for (int64_t i = 0; i < cols; ++i) res.stats.dead_columns += (h[i * cols + i] == 0.0f);
-  std::vector<float> deq(static_cast<size_t>(rows * cols));
+  linalg::HugeBuffer<float> deq(static_cast<size_t>(rows * cols));
   format::dequantize(res.q, deq.data());
   const ErrorPair e = quantization_error(w, deq.data(), rows, cols, h);
   res.stats.rel_weight_err = res.stats.rtn_rel_weight_err = e.rel_weight_err;
@@ -253,6 +315,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   res.q.scales = scales;
   ErrorStats& st = res.stats;
 
+  auto t0 = Clock::now();
   // 1. Dead inputs (unpermuted coordinates) and the act-order permutation (original diagonal).
   std::vector<char> dead(static_cast<size_t>(n), 0);
   for (int64_t i = 0; i < n; ++i) {
@@ -275,8 +338,8 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
                 where, "the Hessian is not positive semi-definite; recompute it");
 
   // 2. Damped, permuted H and its inverse upper Cholesky factor U, escalating the damping.
-  const std::vector<float> hs = symmetric_copy(h, n);
-  std::vector<float> u(static_cast<size_t>(n * n));
+  const linalg::HugeBuffer<float> hs = symmetric_copy(h, n);
+  linalg::HugeBuffer<float> u(static_cast<size_t>(n * n));
   double lambda = opt.damp;
   int64_t info = -1;
   for (int t = 0; t < opt.max_damp_tries; ++t, lambda *= 10.0) {
@@ -314,9 +377,11 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
                 where,
                 "the Hessian is not positive semi-definite; recompute it or raise --damp");
   st.damp_used = lambda;
+  st.seconds_factor = seconds_since(t0);
+  t0 = Clock::now();
 
   // 3. Permuted working copy of W (dead columns zeroed) and the per-column group index.
-  std::vector<float> wp(static_cast<size_t>(rows * n));
+  linalg::HugeBuffer<float> wp(static_cast<size_t>(rows * n));
   parallel_for(rows, [&](long r) {
     const float* src = w + r * n;
     float* dst = wp.data() + r * n;
@@ -329,44 +394,76 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
     udiag[j] = u[j * n + j];
   }
 
-  // 4. The sweep: blocks of B columns; in-block column loop per row (rows in parallel, U is
-  // shared read-only), then one GEMM for the trailing columns.
+  // 4. The sweep: blocks of B columns (lazy batch). Inside a block the column loop runs per row
+  // (rows in parallel: U is shared read-only); after the block the trailing columns get one GEMM
+  // W[:, c2:] -= Err·U[c1:c2, c2:]. Memory: the in-block pass touches a 4·B-byte slice of every
+  // row, so it gathers the row's B scales first (independent loads) and prefetches the next
+  // rows; codes are written in the permuted order (sequentially) and un-permuted at the end.
   const int64_t bs = std::min<int64_t>(opt.block_size, std::max<int64_t>(n, 1));
-  std::vector<float> err(static_cast<size_t>(rows * bs));
-  uint8_t* codes = res.q.codes.data();
+  linalg::HugeBuffer<float> err(static_cast<size_t>(rows * bs));
+  linalg::HugeBuffer<uint8_t> cp(static_cast<size_t>(rows * n));  // codes, permuted order
   const float* svals = scales.values.data();
   for (int64_t c1 = 0; c1 < n; c1 += bs) {
     const int64_t c2 = std::min(n, c1 + bs), nb = c2 - c1;
-    parallel_for(rows, [&](long r) {
-      float* wr = wp.data() + r * n;
-      float* er = err.data() + r * bs;
-      const float* sr = svals + r * groups;
-      uint8_t* cr = codes + r * n;
-      for (int64_t i = 0; i < nb; ++i) {
-        const int64_t j = c1 + i;
-        const float x = wr[j];
-        if (!std::isfinite(x))
-          throw Error(ErrorKind::kNumeric,
-                      "GPTQ update produced a non-finite weight at row " + std::to_string(r) +
-                          ", column " + std::to_string(perm[j]),
-                      where, "the Hessian is badly conditioned; raise --damp");
-        float q;
-        cr[perm[j]] = format::quantize_value(fmt, x, sr[gidx[j]], &q);
-        wr[j] = q;
-        const float e = (x - q) / udiag[j];
-        er[i] = e;
-        const float* uj = u.data() + j * n;
-        for (int64_t k = j + 1; k < c2; ++k) wr[k] -= e * uj[k];
+    const int64_t ngroups = (rows + kRowGroup - 1) / kRowGroup;
+    parallel_for(ngroups, [&](long gi) {
+      const int64_t r0 = gi * kRowGroup, nr = std::min<int64_t>(kRowGroup, rows - r0);
+      if (r0 + kRowGroup < rows) {  // prefetch the next group's block slices
+        for (int64_t r = r0 + kRowGroup; r < std::min(rows, r0 + 2 * kRowGroup); ++r) {
+          const char* nw = reinterpret_cast<const char*>(wp.data() + r * n + c1);
+          for (int64_t b = 0; b < nb * 4; b += 64) __builtin_prefetch(nw + b, 1);
+        }
       }
+      float sblk[kMaxBlockStack];
+      std::vector<float> sheap;
+      float* sb = sblk;
+      if (nr * nb > kMaxBlockStack) {
+        sheap.resize(static_cast<size_t>(nr * nb));
+        sb = sheap.data();
+      }
+      for (int64_t t = 0; t < nr; ++t) {  // gather the block's scales (independent loads)
+        const float* sr = svals + (r0 + t) * groups;
+        for (int64_t i = 0; i < nb; ++i) sb[t * nb + i] = sr[gidx[c1 + i]];
+      }
+      int64_t bad = -1;
+      if (nr == kRowGroup) {
+        bad = sweep_rows4(fmt, wp.data() + r0 * n + c1, n, err.data() + r0 * bs, bs,
+                          cp.data() + r0 * n + c1, n, sb, udiag.data() + c1,
+                          u.data() + c1 * n + c1, n, nb);
+      } else {
+        for (int64_t t = 0; t < nr && bad < 0; ++t) {
+          bad = sweep_rows1(fmt, wp.data() + (r0 + t) * n + c1, n, err.data() + (r0 + t) * bs,
+                            bs, cp.data() + (r0 + t) * n + c1, n, sb + t * nb,
+                            udiag.data() + c1, u.data() + c1 * n + c1, n, nb);
+          if (bad >= 0) bad += t * nb;
+        }
+      }
+      if (bad >= 0)
+        throw Error(ErrorKind::kNumeric,
+                    "GPTQ update produced a non-finite weight at row " +
+                        std::to_string(r0 + bad / nb) + ", column " +
+                        std::to_string(perm[c1 + bad % nb]),
+                    where, "the Hessian is badly conditioned; raise --damp");
     });
-    if (c2 < n)
+    if (c2 < n)  // trailing columns: W[:, c2:] -= Err·U[c1:c2, c2:]
       linalg::sgemm(false, false, rows, n - c2, nb, -1.0f, err.data(), bs, u.data() + c1 * n + c2,
                     n, 1.0f, wp.data() + c2, n);
   }
+  {
+    uint8_t* codes = res.q.codes.data();
+    parallel_for(rows, [&](long r) {
+      const uint8_t* src = cp.data() + r * n;
+      uint8_t* dst = codes + r * n;
+      for (int64_t j = 0; j < n; ++j) dst[perm[j]] = src[j];
+    });
+  }
+
+  st.seconds_sweep = seconds_since(t0);
+  t0 = Clock::now();
 
   // 5. Statistics in the (rotated) input domain, undamped input H.
   if (opt.compute_stats) {
-    std::vector<float> d(static_cast<size_t>(rows * n));
+    linalg::HugeBuffer<float> d(static_cast<size_t>(rows * n));
     parallel_for(rows, [&](long r) {  // ΔW = Ŵ − W in the original column order
       const float* src = w + r * n;
       const float* q = wp.data() + r * n;
@@ -384,6 +481,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
     st.rtn_rel_weight_err = std::sqrt(ratio(squared_norm(d.data(), rows, n), wn));
     st.rtn_hessian_err = ratio(hessian_trace(d.data(), rows, n, h, g), tw);
   }
+  st.seconds_stats = seconds_since(t0);
   return res;
 }
 

@@ -10,6 +10,8 @@
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
 
+#include <omp.h>
+
 extern "C" int openblas_get_num_threads(void);
 extern "C" void openblas_set_num_threads(int);
 
@@ -37,6 +39,20 @@ int bi(int64_t v) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Below this many flops a call runs its tiles serially in the calling thread: opening an OpenMP
+// region costs more than it saves (and much more when the cores are shared). The tiles and
+// their calls are the same either way, so the bits do not change.
+constexpr double kParallelFlops = 8e6;
+
+template <class F>
+void run_tiles(int64_t count, double flops, F&& f) {
+  if (count <= 1 || flops < kParallelFlops || omp_in_parallel()) {
+    for (int64_t t = 0; t < count; ++t) f(t);
+  } else {
+    parallel_for(count, [&](long t) { f(t); });
+  }
+}
+
 }  // namespace
 
 BlasSerialGuard::BlasSerialGuard() {
@@ -57,7 +73,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
   if (m <= 0 || n <= 0) return;
   BlasSerialGuard guard;
   const int64_t tm = ceil_div(m, kTileM), tn = ceil_div(n, kTileN);
-  parallel_for(tm * tn, [&](long t) {
+  run_tiles(tm * tn, 2.0 * m * n * k, [&](int64_t t) {
     const int64_t i0 = (t / tn) * kTileM, j0 = (t % tn) * kTileN;
     const int64_t mm = std::min(kTileM, m - i0), nn = std::min(kTileN, n - j0);
     const float* ap = ta ? a + i0 : a + i0 * lda;  // op(A) rows i0.. : A cols i0.. when ta
@@ -86,7 +102,7 @@ void syrk_xtx(int64_t n, int64_t k, float alpha, const float* x, int64_t ldx, fl
   if (n <= 0) return;
   BlasSerialGuard guard;
   const auto tiles = lower_tiles(n);
-  parallel_for(static_cast<long>(tiles.size()), [&](long t) {
+  run_tiles(static_cast<int64_t>(tiles.size()), double(n) * n * k, [&](int64_t t) {
     const int64_t i0 = tiles[t].first * kTileS, j0 = tiles[t].second * kTileS;
     const int64_t ni = std::min(kTileS, n - i0), nj = std::min(kTileS, n - j0);
     float* ct = c + i0 * ldc + j0;
@@ -105,7 +121,7 @@ void syrk_aat(int64_t n, int64_t k, float alpha, const float* a, int64_t lda, fl
   if (n <= 0) return;
   BlasSerialGuard guard;
   const auto tiles = lower_tiles(n);
-  parallel_for(static_cast<long>(tiles.size()), [&](long t) {
+  run_tiles(static_cast<int64_t>(tiles.size()), double(n) * n * k, [&](int64_t t) {
     const int64_t i0 = tiles[t].first * kTileS, j0 = tiles[t].second * kTileS;
     const int64_t ni = std::min(kTileS, n - i0), nj = std::min(kTileS, n - j0);
     float* ct = c + i0 * ldc + j0;
@@ -123,7 +139,7 @@ void trsm_right_lower(bool trans, int64_t m, int64_t n, float alpha, const float
                       float* b, int64_t ldb) {
   if (m <= 0 || n <= 0) return;
   BlasSerialGuard guard;
-  parallel_for(ceil_div(m, kChunk), [&](long t) {
+  run_tiles(ceil_div(m, kChunk), double(m) * n * n, [&](int64_t t) {
     const int64_t i0 = t * kChunk, mm = std::min(kChunk, m - i0);
     cblas_strsm(CblasRowMajor, CblasRight, CblasLower, trans ? CblasTrans : CblasNoTrans,
                 CblasNonUnit, bi(mm), bi(n), alpha, l, bi(ldl), b + i0 * ldb, bi(ldb));
@@ -134,7 +150,7 @@ void trsm_left_lower(int64_t m, int64_t n, float alpha, const float* l, int64_t 
                      int64_t ldb) {
   if (m <= 0 || n <= 0) return;
   BlasSerialGuard guard;
-  parallel_for(ceil_div(n, kChunk), [&](long t) {
+  run_tiles(ceil_div(n, kChunk), double(m) * m * n, [&](int64_t t) {
     const int64_t j0 = t * kChunk, nn = std::min(kChunk, n - j0);
     cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, bi(m), bi(nn),
                 alpha, l, bi(ldl), b + j0, bi(ldb));

@@ -59,6 +59,10 @@ struct ErrorStats {
   double damp_used = 0.0;            // relative λ of the successful factorisation (0 for RTN)
   int damp_tries = 0;                // factorisation attempts (1 = no escalation; 0 for RTN)
   int64_t dead_columns = 0;          // columns with diag(H) == 0 (reported for RTN too)
+  // Wall-clock seconds of the phases (informational, for logs and bench/bench_gptq.cpp):
+  double seconds_factor = 0.0;       // dead fix, permutation, damping, U (all attempts)
+  double seconds_sweep = 0.0;        // the GPTQ sweep
+  double seconds_stats = 0.0;        // statistics, including the RTN comparison
 };
 
 struct SolveResult {
