@@ -11,6 +11,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/core/parallel_dynamic.h"
 #include "fp4q/linalg/blas.h"
 #include "fp4q/linalg/buffer.h"
 #include "fp4q/linalg/cholesky.h"
@@ -188,8 +189,8 @@ FP4Q_CLONES int64_t sweep_rows1(format::FormatId fmt, float* w, int64_t ldw, flo
 }
 #undef FP4Q_CLONES
 
-constexpr int kRowGroup = 4;
-constexpr int64_t kMaxBlockStack = 4 * 256;  // floats of gathered scales on the stack
+constexpr int kRowGroup = 4;      // rows interleaved by sweep_rows4
+constexpr int64_t kPanel = 256;   // rows per sweep work item (fixed: part of the arithmetic)
 
 // d = b - a, elementwise over n values.
 void difference(const float* a, const float* b, float* d, int64_t rows, int64_t cols) {
@@ -394,61 +395,56 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
     udiag[j] = u[j * n + j];
   }
 
-  // 4. The sweep: blocks of B columns (lazy batch). Inside a block the column loop runs per row
-  // (rows in parallel: U is shared read-only); after the block the trailing columns get one GEMM
-  // W[:, c2:] -= Err·U[c1:c2, c2:]. Memory: the in-block pass touches a 4·B-byte slice of every
-  // row, so it gathers the row's B scales first (independent loads) and prefetches the next
-  // rows; codes are written in the permuted order (sequentially) and un-permuted at the end.
+  // 4. The sweep. Rows are independent given U, so each work item is a PANEL of kPanel rows
+  // that runs the whole sweep on its own: per block of B columns, the column loop of every row
+  // (4 rows interleaved, sweep_rows4), then one GEMM for the panel's trailing columns
+  // W[p, c2:] -= Err[p, :]·U[c1:c2, c2:] (lazy batch update). One parallel region for the whole
+  // sweep (panels handed out dynamically), panel-local data stays in cache between the GEMM
+  // and the next block, and the fixed panel size keeps every BLAS call — hence every bit —
+  // independent of the thread count. Codes are written in the permuted order (sequentially)
+  // and un-permuted at the end.
   const int64_t bs = std::min<int64_t>(opt.block_size, std::max<int64_t>(n, 1));
-  linalg::HugeBuffer<float> err(static_cast<size_t>(rows * bs));
   linalg::HugeBuffer<uint8_t> cp(static_cast<size_t>(rows * n));  // codes, permuted order
   const float* svals = scales.values.data();
-  for (int64_t c1 = 0; c1 < n; c1 += bs) {
-    const int64_t c2 = std::min(n, c1 + bs), nb = c2 - c1;
-    const int64_t ngroups = (rows + kRowGroup - 1) / kRowGroup;
-    parallel_for(ngroups, [&](long gi) {
-      const int64_t r0 = gi * kRowGroup, nr = std::min<int64_t>(kRowGroup, rows - r0);
-      if (r0 + kRowGroup < rows) {  // prefetch the next group's block slices
-        for (int64_t r = r0 + kRowGroup; r < std::min(rows, r0 + 2 * kRowGroup); ++r) {
-          const char* nw = reinterpret_cast<const char*>(wp.data() + r * n + c1);
-          for (int64_t b = 0; b < nb * 4; b += 64) __builtin_prefetch(nw + b, 1);
+  const int64_t npanels = (rows + kPanel - 1) / kPanel;
+  parallel_for_dynamic(npanels, [&](long p) {
+    const int64_t r0 = p * kPanel, pr = std::min<int64_t>(kPanel, rows - r0);
+    std::vector<float> err(static_cast<size_t>(pr * bs));
+    std::vector<float> sb(static_cast<size_t>(kRowGroup * bs));
+    for (int64_t c1 = 0; c1 < n; c1 += bs) {
+      const int64_t c2 = std::min(n, c1 + bs), nb = c2 - c1;
+      for (int64_t g0 = 0; g0 < pr; g0 += kRowGroup) {
+        const int64_t nr = std::min<int64_t>(kRowGroup, pr - g0);
+        for (int64_t t = 0; t < nr; ++t) {  // gather the block's scales (independent loads)
+          const float* sr = svals + (r0 + g0 + t) * groups;
+          for (int64_t i = 0; i < nb; ++i) sb[t * nb + i] = sr[gidx[c1 + i]];
         }
-      }
-      float sblk[kMaxBlockStack];
-      std::vector<float> sheap;
-      float* sb = sblk;
-      if (nr * nb > kMaxBlockStack) {
-        sheap.resize(static_cast<size_t>(nr * nb));
-        sb = sheap.data();
-      }
-      for (int64_t t = 0; t < nr; ++t) {  // gather the block's scales (independent loads)
-        const float* sr = svals + (r0 + t) * groups;
-        for (int64_t i = 0; i < nb; ++i) sb[t * nb + i] = sr[gidx[c1 + i]];
-      }
-      int64_t bad = -1;
-      if (nr == kRowGroup) {
-        bad = sweep_rows4(fmt, wp.data() + r0 * n + c1, n, err.data() + r0 * bs, bs,
-                          cp.data() + r0 * n + c1, n, sb, udiag.data() + c1,
-                          u.data() + c1 * n + c1, n, nb);
-      } else {
-        for (int64_t t = 0; t < nr && bad < 0; ++t) {
-          bad = sweep_rows1(fmt, wp.data() + (r0 + t) * n + c1, n, err.data() + (r0 + t) * bs,
-                            bs, cp.data() + (r0 + t) * n + c1, n, sb + t * nb,
+        float* w0 = wp.data() + (r0 + g0) * n + c1;
+        uint8_t* cp0 = cp.data() + (r0 + g0) * n + c1;
+        int64_t bad = -1;
+        if (nr == kRowGroup) {
+          bad = sweep_rows4(fmt, w0, n, err.data() + g0 * bs, bs, cp0, n, sb.data(),
                             udiag.data() + c1, u.data() + c1 * n + c1, n, nb);
-          if (bad >= 0) bad += t * nb;
+        } else {
+          for (int64_t t = 0; t < nr && bad < 0; ++t) {
+            bad = sweep_rows1(fmt, w0 + t * n, n, err.data() + (g0 + t) * bs, bs, cp0 + t * n, n,
+                              sb.data() + t * nb, udiag.data() + c1, u.data() + c1 * n + c1, n,
+                              nb);
+            if (bad >= 0) bad += t * nb;
+          }
         }
+        if (bad >= 0)
+          throw Error(ErrorKind::kNumeric,
+                      "GPTQ update produced a non-finite weight at row " +
+                          std::to_string(r0 + g0 + bad / nb) + ", column " +
+                          std::to_string(perm[c1 + bad % nb]),
+                      where, "the Hessian is badly conditioned; raise --damp");
       }
-      if (bad >= 0)
-        throw Error(ErrorKind::kNumeric,
-                    "GPTQ update produced a non-finite weight at row " +
-                        std::to_string(r0 + bad / nb) + ", column " +
-                        std::to_string(perm[c1 + bad % nb]),
-                    where, "the Hessian is badly conditioned; raise --damp");
-    });
-    if (c2 < n)  // trailing columns: W[:, c2:] -= Err·U[c1:c2, c2:]
-      linalg::sgemm(false, false, rows, n - c2, nb, -1.0f, err.data(), bs, u.data() + c1 * n + c2,
-                    n, 1.0f, wp.data() + c2, n);
-  }
+      if (c2 < n)  // trailing columns of this panel (serial inside the parallel region)
+        linalg::sgemm(false, false, pr, n - c2, nb, -1.0f, err.data(), bs,
+                      u.data() + c1 * n + c2, n, 1.0f, wp.data() + r0 * n + c2, n);
+    }
+  });
   {
     uint8_t* codes = res.q.codes.data();
     parallel_for(rows, [&](long r) {

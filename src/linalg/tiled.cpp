@@ -9,6 +9,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/core/parallel_dynamic.h"
 
 #include <omp.h>
 
@@ -40,16 +41,17 @@ int bi(int64_t v) {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Below this many flops a call runs its tiles serially in the calling thread: opening an OpenMP
-// region costs more than it saves (and much more when the cores are shared). The tiles and
-// their calls are the same either way, so the bits do not change.
-constexpr double kParallelFlops = 8e6;
+// region costs more than it saves (and much more when the cores are shared). Above it the
+// tiles are handed out dynamically (a descheduled thread does not stall the others). The tiles
+// and their calls are the same either way, so the bits do not change.
+constexpr double kParallelFlops = 64e6;
 
 template <class F>
 void run_tiles(int64_t count, double flops, F&& f) {
   if (count <= 1 || flops < kParallelFlops || omp_in_parallel()) {
     for (int64_t t = 0; t < count; ++t) f(t);
   } else {
-    parallel_for(count, [&](long t) { f(t); });
+    parallel_for_dynamic(count, [&](long t) { f(t); });
   }
 }
 
