@@ -30,7 +30,7 @@ std::string dims(int64_t r, int64_t c) {
 std::pair<int64_t, int64_t> find_non_finite(const float* x, int64_t rows, int64_t cols,
                                             bool lower_only) {
   std::vector<int64_t> bad(static_cast<size_t>(rows), -1);
-  parallel_for(rows, [&](long r) {
+  parallel_for_dynamic(rows, [&](long r) {
     const float* row = x + r * cols;
     const int64_t end = lower_only ? std::min<int64_t>(cols, r + 1) : cols;
     for (int64_t c = 0; c < end; ++c)
@@ -79,7 +79,7 @@ void validate(const float* w, int64_t rows, int64_t cols, const float* h,
 void transpose_square(float* a, int64_t n) {
   constexpr int64_t kT = 64;
   const int64_t tiles = (n + kT - 1) / kT;
-  parallel_for(tiles, [&](long ti) {
+  parallel_for_dynamic(tiles, [&](long ti) {
     const int64_t i0 = ti * kT, i1 = std::min(n, i0 + kT);
     for (int64_t j0 = i0; j0 < n; j0 += kT) {
       const int64_t j1 = std::min(n, j0 + kT);
@@ -92,7 +92,7 @@ void transpose_square(float* a, int64_t n) {
 // Full symmetric copy of the lower triangle of h [n x n].
 linalg::HugeBuffer<float> symmetric_copy(const float* h, int64_t n) {
   linalg::HugeBuffer<float> s(static_cast<size_t>(n * n));
-  parallel_for(n, [&](long i) { std::copy(h + i * n, h + i * n + i + 1, s.data() + i * n); });
+  parallel_for_dynamic(n, [&](long i) { std::copy(h + i * n, h + i * n + i + 1, s.data() + i * n); });
   linalg::mirror_lower_to_upper(s.data(), n, n);
   return s;
 }
@@ -103,7 +103,7 @@ double hessian_trace(const float* a, int64_t rows, int64_t cols, const float* h,
   if (rows == 0 || cols == 0) return 0.0;
   linalg::syrk_xtx_lower(cols, rows, 1.0f, a, cols, 0.0f, g, cols);
   std::vector<double> part(static_cast<size_t>(cols));
-  parallel_for(cols, [&](long i) {
+  parallel_for_dynamic(cols, [&](long i) {
     const float* hi = h + i * cols;
     const float* gi = g + i * cols;
     double s = 0.0;
@@ -117,7 +117,7 @@ double hessian_trace(const float* a, int64_t rows, int64_t cols, const float* h,
 
 double squared_norm(const float* a, int64_t rows, int64_t cols) {
   std::vector<double> part(static_cast<size_t>(rows));
-  parallel_for(rows, [&](long r) {
+  parallel_for_dynamic(rows, [&](long r) {
     double s = 0.0;
     for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(a[r * cols + c]) * a[r * cols + c];
     part[r] = s;
@@ -135,6 +135,14 @@ double seconds_since(Clock::time_point t0) {
 double ratio(double num, double den) {
   if (den > 0.0) return num / den;
   return num == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
+}
+
+// dst[j] = src[idx[j]] for j < n (a row permutation). AVX2 clone uses hardware gathers.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void gather_row(float* dst, const float* src, const int32_t* idx, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = src[idx[j]];
 }
 
 // The in-block column loop of R rows at once. Row t (t < R) has its block at w + t·ldw
@@ -191,10 +199,12 @@ FP4Q_CLONES int64_t sweep_rows1(format::FormatId fmt, float* w, int64_t ldw, flo
 
 constexpr int kRowGroup = 4;      // rows interleaved by sweep_rows4
 constexpr int64_t kPanel = 256;   // rows per sweep work item (fixed: part of the arithmetic)
+constexpr int64_t kSub = 32;      // in-block sub-block: the column loop updates only its own
+                                  // sub-block, the rest of the block gets a small GEMM
 
 // d = b - a, elementwise over n values.
 void difference(const float* a, const float* b, float* d, int64_t rows, int64_t cols) {
-  parallel_for(rows, [&](long r) {
+  parallel_for_dynamic(rows, [&](long r) {
     for (int64_t c = 0; c < cols; ++c) d[r * cols + c] = b[r * cols + c] - a[r * cols + c];
   });
 }
@@ -214,7 +224,7 @@ void rotate_hessian(float* h, int64_t n, int block) {
   transform::hadamard_rows(h, n, n, block);  // B·H·B
   constexpr int64_t kT = 64;                 // exact symmetrisation, tile by tile
   const int64_t tiles = (n + kT - 1) / kT;
-  parallel_for(tiles, [&](long ti) {
+  parallel_for_dynamic(tiles, [&](long ti) {
     const int64_t i0 = ti * kT, i1 = std::min(n, i0 + kT);
     for (int64_t j0 = i0; j0 < n; j0 += kT) {
       const int64_t j1 = std::min(n, j0 + kT);
@@ -312,7 +322,9 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   res.q.format = fmt;
   res.q.rows = rows;
   res.q.cols = cols;
-  res.q.codes.assign(static_cast<size_t>(rows * cols), 0);
+  res.q.codes.reserve(static_cast<size_t>(rows * cols));  // huge pages before first touch
+  linalg::advise_huge(res.q.codes.data(), res.q.codes.capacity());
+  res.q.codes.resize(static_cast<size_t>(rows * cols));
   res.q.scales = scales;
   ErrorStats& st = res.stats;
 
@@ -338,6 +350,11 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
                     " (a Hessian 2/N·XᵀX has a positive diagonal)",
                 where, "the Hessian is not positive semi-definite; recompute it");
 
+  std::vector<int32_t> perm32(perm.begin(), perm.end());
+  std::vector<int64_t> dead_pos;  // permuted positions of dead columns
+  for (int64_t j = 0; j < n; ++j)
+    if (dead[perm[j]]) dead_pos.push_back(j);
+
   // 2. Damped, permuted H and its inverse upper Cholesky factor U, escalating the damping.
   const linalg::HugeBuffer<float> hs = symmetric_copy(h, n);
   linalg::HugeBuffer<float> u(static_cast<size_t>(n * n));
@@ -345,15 +362,16 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   int64_t info = -1;
   for (int t = 0; t < opt.max_damp_tries; ++t, lambda *= 10.0) {
     const float add = static_cast<float>(lambda * mean_diag);
-    parallel_for(n, [&](long i) {
+    parallel_for_dynamic(n, [&](long i) {
       const int64_t a = perm[i];
-      const float* ha = hs.data() + a * n;
       float* ui = u.data() + i * n;
       std::fill(ui, ui + i, 0.0f);  // lower part: not read, keep it defined
       if (dead[a]) {
         std::fill(ui + i, ui + n, 0.0f);
       } else {
-        for (int64_t j = i; j < n; ++j) ui[j] = dead[perm[j]] ? 0.0f : ha[perm[j]];
+        gather_row(ui + i, hs.data() + a * n, perm32.data() + i, n - i);
+        for (int64_t j : dead_pos)
+          if (j >= i) ui[j] = 0.0f;
       }
       ui[i] = (dead[a] ? 1.0f : ui[i]) + add;
     });
@@ -383,10 +401,10 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
 
   // 3. Permuted working copy of W (dead columns zeroed) and the per-column group index.
   linalg::HugeBuffer<float> wp(static_cast<size_t>(rows * n));
-  parallel_for(rows, [&](long r) {
-    const float* src = w + r * n;
+  parallel_for_dynamic(rows, [&](long r) {
     float* dst = wp.data() + r * n;
-    for (int64_t j = 0; j < n; ++j) dst[j] = dead[perm[j]] ? 0.0f : src[perm[j]];
+    gather_row(dst, w + r * n, perm32.data(), n);
+    for (int64_t j : dead_pos) dst[j] = 0.0f;
   });
   std::vector<int64_t> gidx(static_cast<size_t>(n));
   std::vector<float> udiag(static_cast<size_t>(n));
@@ -413,32 +431,38 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
     std::vector<float> sb(static_cast<size_t>(kRowGroup * bs));
     for (int64_t c1 = 0; c1 < n; c1 += bs) {
       const int64_t c2 = std::min(n, c1 + bs), nb = c2 - c1;
-      for (int64_t g0 = 0; g0 < pr; g0 += kRowGroup) {
-        const int64_t nr = std::min<int64_t>(kRowGroup, pr - g0);
-        for (int64_t t = 0; t < nr; ++t) {  // gather the block's scales (independent loads)
-          const float* sr = svals + (r0 + g0 + t) * groups;
-          for (int64_t i = 0; i < nb; ++i) sb[t * nb + i] = sr[gidx[c1 + i]];
-        }
-        float* w0 = wp.data() + (r0 + g0) * n + c1;
-        uint8_t* cp0 = cp.data() + (r0 + g0) * n + c1;
-        int64_t bad = -1;
-        if (nr == kRowGroup) {
-          bad = sweep_rows4(fmt, w0, n, err.data() + g0 * bs, bs, cp0, n, sb.data(),
-                            udiag.data() + c1, u.data() + c1 * n + c1, n, nb);
-        } else {
-          for (int64_t t = 0; t < nr && bad < 0; ++t) {
-            bad = sweep_rows1(fmt, w0 + t * n, n, err.data() + (g0 + t) * bs, bs, cp0 + t * n, n,
-                              sb.data() + t * nb, udiag.data() + c1, u.data() + c1 * n + c1, n,
-                              nb);
-            if (bad >= 0) bad += t * nb;
+      for (int64_t s1 = c1; s1 < c2; s1 += kSub) {
+        const int64_t s2 = std::min(c2, s1 + kSub), ns = s2 - s1;
+        for (int64_t g0 = 0; g0 < pr; g0 += kRowGroup) {
+          const int64_t nr = std::min<int64_t>(kRowGroup, pr - g0);
+          for (int64_t t = 0; t < nr; ++t) {  // gather the scales (independent loads)
+            const float* sr = svals + (r0 + g0 + t) * groups;
+            for (int64_t i = 0; i < ns; ++i) sb[t * ns + i] = sr[gidx[s1 + i]];
           }
+          float* w0 = wp.data() + (r0 + g0) * n + s1;
+          uint8_t* cp0 = cp.data() + (r0 + g0) * n + s1;
+          float* e0 = err.data() + g0 * bs + (s1 - c1);
+          const float* u0 = u.data() + s1 * n + s1;
+          int64_t bad = -1;
+          if (nr == kRowGroup) {
+            bad = sweep_rows4(fmt, w0, n, e0, bs, cp0, n, sb.data(), udiag.data() + s1, u0, n, ns);
+          } else {
+            for (int64_t t = 0; t < nr && bad < 0; ++t) {
+              bad = sweep_rows1(fmt, w0 + t * n, n, e0 + t * bs, bs, cp0 + t * n, n,
+                                sb.data() + t * ns, udiag.data() + s1, u0, n, ns);
+              if (bad >= 0) bad += t * ns;
+            }
+          }
+          if (bad >= 0)
+            throw Error(ErrorKind::kNumeric,
+                        "GPTQ update produced a non-finite weight at row " +
+                            std::to_string(r0 + g0 + bad / ns) + ", column " +
+                            std::to_string(perm[s1 + bad % ns]),
+                        where, "the Hessian is badly conditioned; raise --damp");
         }
-        if (bad >= 0)
-          throw Error(ErrorKind::kNumeric,
-                      "GPTQ update produced a non-finite weight at row " +
-                          std::to_string(r0 + g0 + bad / nb) + ", column " +
-                          std::to_string(perm[c1 + bad % nb]),
-                      where, "the Hessian is badly conditioned; raise --damp");
+        if (s2 < c2)  // rest of the block: W[p, s2:c2] -= Err[p, s1:s2]·U[s1:s2, s2:c2]
+          linalg::sgemm(false, false, pr, c2 - s2, ns, -1.0f, err.data() + (s1 - c1), bs,
+                        u.data() + s1 * n + s2, n, 1.0f, wp.data() + r0 * n + s2, n);
       }
       if (c2 < n)  // trailing columns of this panel (serial inside the parallel region)
         linalg::sgemm(false, false, pr, n - c2, nb, -1.0f, err.data(), bs,
@@ -447,7 +471,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   });
   {
     uint8_t* codes = res.q.codes.data();
-    parallel_for(rows, [&](long r) {
+    parallel_for_dynamic(rows, [&](long r) {
       const uint8_t* src = cp.data() + r * n;
       uint8_t* dst = codes + r * n;
       for (int64_t j = 0; j < n; ++j) dst[perm[j]] = src[j];
@@ -460,7 +484,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   // 5. Statistics in the (rotated) input domain, undamped input H.
   if (opt.compute_stats) {
     linalg::HugeBuffer<float> d(static_cast<size_t>(rows * n));
-    parallel_for(rows, [&](long r) {  // ΔW = Ŵ − W in the original column order
+    parallel_for_dynamic(rows, [&](long r) {  // ΔW = Ŵ − W in the original column order
       const float* src = w + r * n;
       const float* q = wp.data() + r * n;
       float* dr = d.data() + r * n;

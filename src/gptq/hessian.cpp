@@ -5,6 +5,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/core/parallel_dynamic.h"
 #include "fp4q/linalg/blas.h"
 
 namespace fp4q::gptq {
@@ -15,7 +16,7 @@ namespace {
 void check_finite(const float* x, int64_t rows, int64_t cols, const std::string& where,
                   const char* what) {
   std::vector<int64_t> bad(static_cast<size_t>(rows), -1);
-  parallel_for(rows, [&](long r) {
+  parallel_for_dynamic(rows, [&](long r) {
     const float* row = x + r * cols;
     for (int64_t c = 0; c < cols; ++c)
       if (!std::isfinite(row[c])) {
@@ -57,7 +58,7 @@ void HessianAccumulator::add_batch(const float* x, int64_t tokens, int64_t n_sam
     // H <- beta·H + alpha·XᵀX (lower triangle), one ssyrk; beta == 0 on the first batch.
     linalg::syrk_xtx_lower(n_, tokens, alpha, x, n_, beta, h_.data(), n_);
   } else if (beta != 1.0f) {
-    parallel_for(n_, [&](long i) {
+    parallel_for_dynamic(n_, [&](long i) {
       for (int64_t j = 0; j <= i; ++j) h_[i * n_ + j] *= beta;
     });
   }
@@ -75,7 +76,7 @@ void HessianAccumulator::merge(const HessianAccumulator& other) {
   if (total == 0) return;
   const float wa = static_cast<float>(static_cast<double>(samples_) / total);
   const float wb = static_cast<float>(static_cast<double>(other.samples_) / total);
-  parallel_for(n_, [&](long i) {
+  parallel_for_dynamic(n_, [&](long i) {
     for (int64_t j = 0; j <= i; ++j)
       h_[i * n_ + j] = wa * h_[i * n_ + j] + wb * other.h_[i * n_ + j];
   });
@@ -84,7 +85,7 @@ void HessianAccumulator::merge(const HessianAccumulator& other) {
 }
 
 void HessianAccumulator::hessian_into(float* out) const {
-  parallel_for(n_, [&](long i) {
+  parallel_for_dynamic(n_, [&](long i) {
     for (int64_t j = 0; j <= i; ++j) out[i * n_ + j] = h_[i * n_ + j];
   });
   linalg::mirror_lower_to_upper(out, n_, n_);
@@ -103,7 +104,7 @@ HessianAccumulator HessianAccumulator::from_vector(const float* h, int64_t n, in
     throw Error(ErrorKind::kInput, "Hessian sample count is negative: " + std::to_string(samples),
                 acc.where_);
   std::vector<int64_t> bad(static_cast<size_t>(n), -1);
-  parallel_for(n, [&](long i) {
+  parallel_for_dynamic(n, [&](long i) {
     for (int64_t j = 0; j <= i; ++j) {
       const float v = h[i * n + j];
       if (!std::isfinite(v) && bad[i] < 0) bad[i] = j;

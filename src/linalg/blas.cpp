@@ -13,6 +13,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/core/parallel_dynamic.h"
 
 extern "C" char* openblas_get_config(void);
 extern "C" char* openblas_get_corename(void);
@@ -76,7 +77,7 @@ void mirror_lower_to_upper(float* a, int64_t n, int64_t lda) {
   // Tile-wise so that both the read (column of the lower part) and the write stay in cache.
   constexpr int64_t kT = 64;
   const int64_t tiles = (n + kT - 1) / kT;
-  parallel_for(tiles, [&](long ti) {
+  parallel_for_dynamic(tiles, [&](long ti) {
     const int64_t i0 = ti * kT, i1 = std::min<int64_t>(n, i0 + kT);
     for (int64_t j0 = i0; j0 < n; j0 += kT) {  // tiles of the upper part in block row ti
       const int64_t j1 = std::min<int64_t>(n, j0 + kT);

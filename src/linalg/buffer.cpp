@@ -1,6 +1,7 @@
 // src/linalg/buffer.cpp — huge-page-backed allocations (see buffer.h).
 #include "fp4q/linalg/buffer.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -27,5 +28,12 @@ void* huge_alloc(size_t bytes) {
 }
 
 void huge_free(void* p) noexcept { std::free(p); }
+
+void advise_huge(void* p, size_t bytes) noexcept {
+  if (!p || bytes < 2 * kHugePage) return;
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
+  const uintptr_t ab = (b + kHugePage - 1) / kHugePage * kHugePage, ae = e / kHugePage * kHugePage;
+  if (ae > ab) madvise(reinterpret_cast<void*>(ab), ae - ab, MADV_HUGEPAGE);
+}
 
 }  // namespace fp4q::linalg

@@ -10,6 +10,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/core/parallel_dynamic.h"
 
 namespace fp4q::linalg {
 
@@ -108,7 +109,7 @@ void reverse_square(float* a, int64_t n) {
   const int64_t total = n * n, half = total / 2;
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (half + kChunk - 1) / kChunk;
-  parallel_for(chunks, [&](long c) {
+  parallel_for_dynamic(chunks, [&](long c) {
     const int64_t b = c * kChunk, e = std::min(half, b + kChunk);
     for (int64_t k = b; k < e; ++k) std::swap(a[k], a[total - 1 - k]);
   });
@@ -121,7 +122,7 @@ int64_t cholesky_lower(float* a, int64_t n, int64_t lda) {
   if (n == 0) return 0;
   const int64_t info = potrf_rec(a, n, lda);
   if (info) return info;
-  parallel_for(n, [&](long i) { std::fill(a + i * lda + i + 1, a + i * lda + n, 0.0f); });
+  parallel_for_dynamic(n, [&](long i) { std::fill(a + i * lda + i + 1, a + i * lda + n, 0.0f); });
   return 0;
 }
 

@@ -67,7 +67,7 @@ inline std::vector<int64_t> ref_act_order(const std::vector<float>& h, int64_t n
 inline RefGptq gptq_reference(const std::vector<float>& w, int64_t rows, int64_t cols,
                               const std::vector<float>& h, const format::GroupScales& scales,
                               double lambda, bool act_order, const uint8_t* guide = nullptr,
-                              double tie_tol = 1e-3) {
+                              double tie_tol = 1e-4) {
   using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const int64_t n = cols;
   const int gsz = format::spec(scales.format).group_size;

@@ -79,7 +79,7 @@ TEST_P(GptqReference, MatchesFloat64TextbookGptq) {
 
   const auto plain = gptq_test::gptq_reference(p.w, c.rows, c.cols, p.h, scales, 0.01, c.act_order);
   const auto guided = gptq_test::gptq_reference(p.w, c.rows, c.cols, p.h, scales, 0.01,
-                                              c.act_order, fast.q.codes.data(), 1e-3);
+                                              c.act_order, fast.q.codes.data(), 1e-4);
   int64_t plain_diff = 0;
   for (size_t i = 0; i < plain.codes.size(); ++i) plain_diff += plain.codes[i] != fast.q.codes[i];
   const int64_t total = c.rows * c.cols;
@@ -121,6 +121,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(RefCase{FormatId::kNVFP4, ScaleMethod::kAbsmax, true, 96, 256, 0},
                       RefCase{FormatId::kNVFP4, ScaleMethod::kAbsmax, false, 96, 256, 0},
                       RefCase{FormatId::kNVFP4, ScaleMethod::kMse, true, 64, 384, 3},
+                      // 2 row panels (256 + 45 rows, a last group of 1 row), 4 blocks
+                      RefCase{FormatId::kNVFP4, ScaleMethod::kAbsmax, true, 301, 512, 1},
                       RefCase{FormatId::kMXFP4, ScaleMethod::kAbsmax, true, 96, 256, 0},
                       RefCase{FormatId::kMXFP4, ScaleMethod::kAbsmax, false, 64, 320, 2},
                       RefCase{FormatId::kMXFP4, ScaleMethod::kMse, true, 128, 512, 0},
@@ -142,7 +144,7 @@ TEST(GptqSolve, OddBlockSizeAndSharedGlobalScale) {
   EXPECT_EQ(fast.q.scales.global_scale, gs);
   EXPECT_EQ(fast.q.scales.codes, scales.codes);
   const auto g = gptq_test::gptq_reference(p.w, 48, 224, p.h, scales, 0.01, true,
-                                         fast.q.codes.data(), 1e-3);
+                                         fast.q.codes.data(), 1e-4);
   EXPECT_EQ(g.far_mismatches, 0);
   EXPECT_LE(g.mismatches, 48 * 224 / 1000);
   // Different lazy-batch block sizes are the same algorithm: near-identical codes.

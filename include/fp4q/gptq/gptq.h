@@ -7,8 +7,9 @@
 //
 // gptq_solve, step by step (see docs in the implementation for the exact rules):
 //  1. Dead inputs: diag(H)[i] == 0 (original GPTQ rule, in UNPERMUTED coordinates, before any
-//     permutation) -> H[i,i] = 1 and W[:, i] = 0. (FP-Quant instead looks for all-zero weight
-//     columns and applies that mask to the permuted H — a bug with act-order; we do not copy it.)
+//     permutation) -> row/column i of H zeroed, H[i,i] = 1, W[:, i] = 0. (FP-Quant instead
+//     looks for all-zero weight columns and applies that mask to the permuted H — a bug with
+//     act-order; we do not copy it.)
 //  2. Static act-order (act_order = true): columns are processed in descending diag(H) order
 //     (original diagonal, stable: ties by ascending index, dead columns last), but every column
 //     keeps the scale of its ORIGINAL group; codes are written back in the original column order,
@@ -23,7 +24,9 @@
 //     column, q = quantize_value(w, scale of its original group) (values past the format range
 //     saturate), err = (w - q)/U[j,j], and the remaining columns of the block get w -= err·U[j,:];
 //     after the block the trailing columns get one GEMM W[:, c2:] -= Err·U[c1:c2, c2:]. Rows are
-//     independent given U, so the in-block loop runs OpenMP-parallel over rows.
+//     independent given U, so the work is split into fixed panels of 256 rows, each running the
+//     whole sweep (in-block loop + its own trailing GEMM) in one dynamically scheduled OpenMP
+//     region.
 //  5. Statistics (compute_stats): relative weight error ‖Ŵ−W‖_F/‖W‖_F and Hessian-weighted
 //     output error tr(ΔW·H·ΔWᵀ)/tr(W·H·Wᵀ) with the UNDAMPED input H (ΔW = Ŵ − W with the input
 //     W, dead columns included), for GPTQ and for plain RTN (format::quantize_rtn) under the same

@@ -18,6 +18,10 @@ namespace fp4q::linalg {
 // Raw allocation as described above; never returns nullptr (throws std::bad_alloc).
 void* huge_alloc(size_t bytes);
 void huge_free(void* p) noexcept;
+// Marks the 2 MiB-aligned interior of [p, p + bytes) MADV_HUGEPAGE (no-op below 4 MiB). Call it
+// on memory that is allocated but not yet touched, e.g. std::vector::reserve()d storage, before
+// the first write.
+void advise_huge(void* p, size_t bytes) noexcept;
 
 template <class T>
 class HugeBuffer {
