@@ -30,16 +30,25 @@ for entry in "${models[@]}"; do
   q() { "$fp4q" -q quantize "$src" "$out/$1" "${@:2}" "${calib[@]}"; }
   q nvfp4_w4a4_ct      --format nvfp4 --activations fp4
   q nvfp4_w4a4_fpq     --format nvfp4 --activations fp4 --export fp-quant
-  q nvfp4_w4a4_pseudo  --format nvfp4 --activations fp4 --export fp-quant-pseudo
-  q nvfp4_w4a4_dq      --format nvfp4 --activations fp4 --export dequant
+  q nvfp4_w4a4_pseudo  --format nvfp4 --activations fp4 --export fp-quant-pseudo --dtype f32
+  q nvfp4_w4a4_dq      --format nvfp4 --activations fp4 --export dequant --dtype f32
+  q nvfp4_w4a4_dqsrc   --format nvfp4 --activations fp4 --export dequant
   q mxfp4_w4a16_ct     --format mxfp4
-  q mxfp4_w4a16_dq     --format mxfp4 --export dequant
+  q mxfp4_w4a16_dq     --format mxfp4 --export dequant --dtype f32
   q mxfp4_w4a4_fpq     --format mxfp4 --activations fp4 --export fp-quant
   q int4_rtn_ct        --format int4 --method rtn
-  for d in "$out"/*/; do
-    d="${d%/}"
-    case "$d" in *_dq|*_pseudo) continue;; esac   # plain/pseudo models are evaluated by transformers itself
+  for d in "$out"/*_ct "$out"/*_fpq; do
     "$fp4q" -q eval "$d" --dump-logits "$d.logits.f32" --logits-ids "$out/ids.json"
   done
+  # The float32 dequant export (a plain model transformers loads with from_pretrained) must
+  # reproduce fp4q's weight-only evaluation of the quantized compressed-tensors output of the same
+  # run; the float32 pseudo-quant export (dqweight, W4A4) fp4q's W4A4 evaluation of the fp-quant
+  # output. The dequant export in the source dtype (bf16/f16 for the tiny models) is compared with
+  # fp4q evaluating that same plain model.
+  "$fp4q" -q eval "$out/nvfp4_w4a4_dqsrc" --dump-logits "$out/nvfp4_w4a4_dqsrc.logits.f32" --logits-ids "$out/ids.json"
+  for p in nvfp4_w4a4 mxfp4_w4a16; do
+    "$fp4q" -q eval "$out/${p}_ct" --activations none --dump-logits "$out/${p}_dq.logits.f32" --logits-ids "$out/ids.json"
+  done
+  cp "$out/nvfp4_w4a4_fpq.logits.f32" "$out/nvfp4_w4a4_pseudo.logits.f32"
 done
 echo "wrote $root"

@@ -227,7 +227,11 @@ void add_eval(CLI::App& app) {
   actions()[c] = [a] {
     pipeline::EvalOptions o;
     o.dir = a->dir;
-    o.text_path = a->text.empty() && a->ids.empty() ? std::string(FP4Q_DATA_DIR) + "/text/wikitext2-test.txt" : a->text;
+    // Default text: the bundled WikiText-2 test set, unless only logits were asked for.
+    const bool only_logits = !a->dump_logits.empty() && a->text.empty() && a->ids.empty();
+    o.text_path = a->text.empty() && a->ids.empty() && !only_logits
+                      ? std::string(FP4Q_DATA_DIR) + "/text/wikitext2-test.txt"
+                      : a->text;
     o.ids_path = a->ids;
     o.seqlen = a->seqlen;
     o.max_windows = a->max_windows;
