@@ -181,7 +181,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       // 2) Solve each input group; assemble the quantized layer.
       model::LayerWeights wq = w;
       TransformHook th;
-      double herr_sum = 0;
+      double herr_sum = 0, damp_max = 0;
       int herr_n = 0;
       for (int g = 0; g < kNumInputGroups; ++g) {
         auto members = group_members(plan, l, g, true);
@@ -201,6 +201,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
           wq.lin[static_cast<int>(members[i]->proj)].w = std::move(sv.deq_rot);
           sv.ql.input_global_scale = ags;
           if (sv.rec.hessian_err >= 0) { herr_sum += sv.rec.hessian_err; ++herr_n; }
+          damp_max = std::max(damp_max, sv.rec.damp);
           sink.quantized(std::move(sv));
         }
       }
@@ -210,8 +211,8 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       // 3) Inputs of the next layer: this layer with quantized weights (and activations).
       if (l + 1 < plan.num_layers)
         for (int64_t i = 0; i < n; ++i) model.layer_forward(l, wq, X[i].data(), T, &th);
-      spdlog::info("layer {}/{}: {} samples, Hessian pass {:.2f} s, layer {:.2f} s, mean h_err {:.3e}, ETA {:.0f} s",
-                   l + 1, plan.num_layers, n, t_hess, since(tl), herr_n ? herr_sum / herr_n : 0.0,
+      spdlog::info("layer {}/{}: {} samples, damp {}, mean h_err {:.3e}, Hessian pass {:.2f} s, layer {:.2f} s, ETA {:.0f} s",
+                   l + 1, plan.num_layers, n, damp_max, herr_n ? herr_sum / herr_n : 0.0, t_hess, since(tl),
                    since(t0) / (l + 1) * (plan.num_layers - l - 1));
     }
   }

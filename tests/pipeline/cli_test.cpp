@@ -1,54 +1,30 @@
 // CLI-level tests of report, hessians, formats, dry-run and the memory guard.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "fp4q/io/io.h"
+#include "run_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kBin = FP4Q_BINARY;
 const std::string kModel = std::string(FP4Q_DATA_DIR) + "/models/stories260K";
 
-struct Run {
-  int code;
-  std::string out, err;
-};
+using fp4q_test::Run;
 
 // stdout and stderr separately (machine output must be on stdout only).
-Run run(const std::string& args, const std::string& tmp) {
-  const std::string err_path = tmp + "/stderr.txt";
-  const std::string cmd = kBin + " " + args + " 2>" + err_path;
-  Run r{0, {}, {}};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  FILE* e = fopen(err_path.c_str(), "rb");
-  if (e) {
-    while ((n = fread(buf, 1, sizeof buf, e)) > 0) r.err.append(buf, n);
-    fclose(e);
-  }
-  return r;
-}
+Run run(const std::string& args, const std::string& tmp) { return fp4q_test::run_fp4q(args, false, tmp); }
 
 struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/fp4q-cli-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() { fs::remove_all(path); }
+  fp4q_test::TempDir dir;
+  std::string path = dir.path();
 };
 
 std::vector<std::vector<std::string>> parse_tsv(const std::string& s) {

@@ -3,8 +3,6 @@
 // original weights, atomic output, clear errors, thread-count independence, perplexity.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,44 +15,18 @@
 #include "fp4q/exporter/importer.h"
 #include "fp4q/io/io.h"
 #include "fp4q/transform/hadamard.h"
+#include "run_util.h"
 
 namespace fs = std::filesystem;
 using namespace fp4q;
 
 namespace {
 
-const std::string kBin = FP4Q_BINARY;
+using fp4q_test::Run;
 const std::string kModel = std::string(FP4Q_DATA_DIR) + "/models/stories260K";
 
-struct Run {
-  int code;
-  std::string out;  // stdout + stderr
-};
-
-Run run(const std::string& args) {
-  const std::string cmd = kBin + " " + args + " 2>&1";
-  Run r{0, {}};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/fp4q-e2e-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& s) const { return path_ + "/" + s; }
-
- private:
-  std::string path_;
-};
+using fp4q_test::TempDir;
+Run run(const std::string& args) { return fp4q_test::run_fp4q(args); }
 
 double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
