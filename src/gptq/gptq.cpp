@@ -145,59 +145,66 @@ void gather_row(float* dst, const float* src, const int32_t* idx, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = src[idx[j]];
 }
 
-// The in-block column loop of R rows at once. Row t (t < R) has its block at w + t·ldw
-// (nb values), its error row at err + t·lde, its codes at code + t·ldc and its scales at
-// s + t·nb; ud[i] = U[c1+i, c1+i], ub = &U[c1, c1] (ld ldu). For i = 0..nb-1, per row:
-//   code[i] = Q(w[i]); e = (w[i] - q)/ud[i]; err[i] = e; w[i] = q; w[k] -= e·ub[i, k] (k > i).
-// The R rows are independent; interleaving them hides the latency of the per-column dependency
-// chain (load -> quantize -> divide -> update -> next load), which is what bounds one row.
-// Returns -1, or t·nb + i of the first (row, column) whose input was not finite. Compiled for
-// AVX2 and baseline x86-64 (ifunc dispatch); without FMA contraction (ISO C++ mode) both clones
-// compute the same bits.
-template <int R>
-inline __attribute__((always_inline)) int64_t sweep_rows_block(format::FormatId fmt, float* w, int64_t ldw, float* err, int64_t lde,
-                         uint8_t* code, int64_t ldc, const float* s, const float* ud,
-                         const float* ub, int64_t ldu, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    float e[R];
-    for (int t = 0; t < R; ++t) {
-      float* wt = w + t * ldw;
-      const float x = wt[i];
-      if (!std::isfinite(x)) return t * nb + i;
+// The in-block column loop of one sub-block for a panel of pr rows, in a TRANSPOSED scratch
+// layout so that the inner update runs over rows (contiguous, vectorised, no remainder work per
+// column) and consecutive quantizations of a column are independent (no dependency chain).
+// Per row r and sub-block column i = 0..ns-1 it computes exactly, in the same order, what the
+// textbook row loop computes:
+//   q = Q(w[r,i], s[r,i]); code = its code; e = (w[r,i] - q)/ud[i]; err[r,i] = e; w[r,i] = q;
+//   w[r,k] -= e·ub[i,k] for k = i+1..ns-1.
+// w: panel block at w (ld ldw); err (ld lde); code (ld ldc); scales s[r·groups + gidx[i]];
+// ud[i] = U[j,j], ub = &U[j0, j0] (ld ldu) for the sub-block's first column j0.
+// t, sc (ns·(pr+16) floats), cb (ns·(pr+16) bytes), e (pr floats) are caller scratch.
+// Returns -1, or r·ns + i of the first (row, column) (column-major search order) whose input
+// was not finite. Compiled for AVX2 and baseline x86-64 (ifunc dispatch); without FMA
+// contraction (ISO C++ mode) both clones compute the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+int64_t sweep_subblock(format::FormatId fmt, float* w, int64_t ldw, float* err, int64_t lde,
+                       uint8_t* code, int64_t ldc, const float* s, int64_t groups,
+                       const int64_t* gidx, const float* ud, const float* ub, int64_t ldu,
+                       int64_t pr, int64_t ns, float* t, float* sc, uint8_t* cb, float* e) {
+  const int64_t ldt = pr + 16;  // padded: a 2^k stride would put all columns in a few cache sets
+  for (int64_t r = 0; r < pr; ++r) {  // transpose in (values and their scales)
+    const float* wr = w + r * ldw;
+    const float* sr = s + r * groups;
+    for (int64_t i = 0; i < ns; ++i) {
+      t[i * ldt + r] = wr[i];
+      sc[i * ldt + r] = sr[gidx[i]];
+    }
+  }
+  for (int64_t i = 0; i < ns; ++i) {
+    float* ti = t + i * ldt;
+    const float* si = sc + i * ldt;
+    uint8_t* ci = cb + i * ldt;
+    for (int64_t r = 0; r < pr; ++r) {
+      const float x = ti[r];
+      if (!std::isfinite(x)) return r * ns + i;
       float q;
-      code[t * ldc + i] = format::quantize_value(fmt, x, s[t * nb + i], &q);
-      wt[i] = q;
-      e[t] = (x - q) / ud[i];
-      err[t * lde + i] = e[t];
+      ci[r] = format::quantize_value(fmt, x, si[r], &q);
+      ti[r] = q;
+      e[r] = (x - q) / ud[i];
     }
     const float* ui = ub + i * ldu;
-    for (int t = 0; t < R; ++t) {
-      float* wt = w + t * ldw;
-      const float et = e[t];
-      for (int64_t k = i + 1; k < nb; ++k) wt[k] -= et * ui[k];
+    for (int64_t k = i + 1; k < ns; ++k) {
+      float* tk = t + k * ldt;
+      const float uk = ui[k];
+      for (int64_t r = 0; r < pr; ++r) tk[r] -= e[r] * uk;
+    }
+    for (int64_t r = 0; r < pr; ++r) err[r * lde + i] = e[r];
+  }
+  for (int64_t r = 0; r < pr; ++r) {  // transpose out
+    float* wr = w + r * ldw;
+    uint8_t* cr = code + r * ldc;
+    for (int64_t i = 0; i < ns; ++i) {
+      wr[i] = t[i * ldt + r];
+      cr[i] = cb[i * ldt + r];
     }
   }
   return -1;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FP4Q_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FP4Q_CLONES
-#endif
-FP4Q_CLONES int64_t sweep_rows4(format::FormatId fmt, float* w, int64_t ldw, float* err,
-                                int64_t lde, uint8_t* code, int64_t ldc, const float* s,
-                                const float* ud, const float* ub, int64_t ldu, int64_t nb) {
-  return sweep_rows_block<4>(fmt, w, ldw, err, lde, code, ldc, s, ud, ub, ldu, nb);
-}
-FP4Q_CLONES int64_t sweep_rows1(format::FormatId fmt, float* w, int64_t ldw, float* err,
-                                int64_t lde, uint8_t* code, int64_t ldc, const float* s,
-                                const float* ud, const float* ub, int64_t ldu, int64_t nb) {
-  return sweep_rows_block<1>(fmt, w, ldw, err, lde, code, ldc, s, ud, ub, ldu, nb);
-}
-#undef FP4Q_CLONES
-
-constexpr int kRowGroup = 4;      // rows interleaved by sweep_rows4
 constexpr int64_t kPanel = 256;   // rows per sweep work item (fixed: part of the arithmetic)
 constexpr int64_t kSub = 32;      // in-block sub-block: the column loop updates only its own
                                   // sub-block, the rest of the block gets a small GEMM
@@ -414,8 +421,9 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   }
 
   // 4. The sweep. Rows are independent given U, so each work item is a PANEL of kPanel rows
-  // that runs the whole sweep on its own: per block of B columns, the column loop of every row
-  // (4 rows interleaved, sweep_rows4), then one GEMM for the panel's trailing columns
+  // that runs the whole sweep on its own: per block of B columns, in sub-blocks of kSub columns,
+  // the column loop of every row (sweep_subblock) plus a small GEMM for the rest of the block,
+  // then one GEMM for the panel's trailing columns
   // W[p, c2:] -= Err[p, :]·U[c1:c2, c2:] (lazy batch update). One parallel region for the whole
   // sweep (panels handed out dynamically), panel-local data stays in cache between the GEMM
   // and the next block, and the fixed panel size keeps every BLAS call — hence every bit —
@@ -428,38 +436,23 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   parallel_for_dynamic(npanels, [&](long p) {
     const int64_t r0 = p * kPanel, pr = std::min<int64_t>(kPanel, rows - r0);
     std::vector<float> err(static_cast<size_t>(pr * bs));
-    std::vector<float> sb(static_cast<size_t>(kRowGroup * bs));
+    std::vector<float> tbuf(static_cast<size_t>(kSub * (pr + 16))), sbuf(tbuf.size()), ebuf(pr);
+    std::vector<uint8_t> cbuf(tbuf.size());
     for (int64_t c1 = 0; c1 < n; c1 += bs) {
       const int64_t c2 = std::min(n, c1 + bs), nb = c2 - c1;
       for (int64_t s1 = c1; s1 < c2; s1 += kSub) {
         const int64_t s2 = std::min(c2, s1 + kSub), ns = s2 - s1;
-        for (int64_t g0 = 0; g0 < pr; g0 += kRowGroup) {
-          const int64_t nr = std::min<int64_t>(kRowGroup, pr - g0);
-          for (int64_t t = 0; t < nr; ++t) {  // gather the scales (independent loads)
-            const float* sr = svals + (r0 + g0 + t) * groups;
-            for (int64_t i = 0; i < ns; ++i) sb[t * ns + i] = sr[gidx[s1 + i]];
-          }
-          float* w0 = wp.data() + (r0 + g0) * n + s1;
-          uint8_t* cp0 = cp.data() + (r0 + g0) * n + s1;
-          float* e0 = err.data() + g0 * bs + (s1 - c1);
-          const float* u0 = u.data() + s1 * n + s1;
-          int64_t bad = -1;
-          if (nr == kRowGroup) {
-            bad = sweep_rows4(fmt, w0, n, e0, bs, cp0, n, sb.data(), udiag.data() + s1, u0, n, ns);
-          } else {
-            for (int64_t t = 0; t < nr && bad < 0; ++t) {
-              bad = sweep_rows1(fmt, w0 + t * n, n, e0 + t * bs, bs, cp0 + t * n, n,
-                                sb.data() + t * ns, udiag.data() + s1, u0, n, ns);
-              if (bad >= 0) bad += t * ns;
-            }
-          }
-          if (bad >= 0)
-            throw Error(ErrorKind::kNumeric,
-                        "GPTQ update produced a non-finite weight at row " +
-                            std::to_string(r0 + g0 + bad / ns) + ", column " +
-                            std::to_string(perm[s1 + bad % ns]),
-                        where, "the Hessian is badly conditioned; raise --damp");
-        }
+        const int64_t bad =
+            sweep_subblock(fmt, wp.data() + r0 * n + s1, n, err.data() + (s1 - c1), bs,
+                           cp.data() + r0 * n + s1, n, svals + r0 * groups, groups,
+                           gidx.data() + s1, udiag.data() + s1, u.data() + s1 * n + s1, n, pr, ns,
+                           tbuf.data(), sbuf.data(), cbuf.data(), ebuf.data());
+        if (bad >= 0)
+          throw Error(ErrorKind::kNumeric,
+                      "GPTQ update produced a non-finite weight at row " +
+                          std::to_string(r0 + bad / ns) + ", column " +
+                          std::to_string(perm[s1 + bad % ns]),
+                      where, "the Hessian is badly conditioned; raise --damp");
         if (s2 < c2)  // rest of the block: W[p, s2:c2] -= Err[p, s1:s2]·U[s1:s2, s2:c2]
           linalg::sgemm(false, false, pr, c2 - s2, ns, -1.0f, err.data() + (s1 - c1), bs,
                         u.data() + s1 * n + s2, n, 1.0f, wp.data() + r0 * n + s2, n);
