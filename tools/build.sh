@@ -4,5 +4,5 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/tools/install_deps.sh"
-cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DFP4Q_BUILD_BENCH=ON >/dev/null
-cmake --build "$root/build" -j"$(nproc)" "$@"
+cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DFP4Q_BUILD_BENCH=ON >&2
+cmake --build "$root/build" -j"$(nproc)" "$@" >&2   # progress is a log: stderr

@@ -1,5 +1,6 @@
 // fp4q command-line entry point. The only place that turns fp4q::Error into exit codes:
-//   0 ok, 1 unexpected exception, 2 usage, 3 bad input, 4 I/O, 5 numerical, 70 internal.
+//   0 ok, 1 unexpected exception, 2 usage (incl. command-line parse errors), 3 bad input,
+//   4 I/O, 5 numerical, 70 internal.
 // Logs go to stderr; machine-readable output (inspect --json, report, formats) to stdout.
 #include <cstdio>
 #include <exception>
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help / --version exit 0; every command-line error is a usage error (exit code 2).
+    return app.exit(e) == 0 ? 0 : static_cast<int>(fp4q::ErrorKind::kUsage);
   }
   try {
     fp4q::init_logging(verbosity);

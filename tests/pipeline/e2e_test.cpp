@@ -211,6 +211,9 @@ TEST(OutputSafety, BadArgumentsAreUsageErrors) {
   TempDir tmp;
   EXPECT_EQ(run("quantize " + kModel + " " + (tmp / "o") + " --format fp3").code, 2);
   EXPECT_EQ(run("quantize " + kModel + " " + (tmp / "o") + " --hadamard 12").code, 2);
+  EXPECT_EQ(run("quantize " + kModel + " " + (tmp / "o") + " --no-such-flag").code, 2);
+  EXPECT_EQ(run("quantize " + kModel).code, 2);  // OUT missing
+  EXPECT_EQ(run("--version").code, 0);
   const auto r = run("quantize " + (tmp / "nope") + " " + (tmp / "o"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("nope"), std::string::npos) << r.out;
