@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
       "  fp4q report MODEL --formats nvfp4,mxfp4 --methods rtn,mr-gptq --format tsv"};
   app.set_version_flag("--version", "fp4q " FP4Q_VERSION);
   app.require_subcommand(1);
+  app.fallthrough();  // global options (-t, -q, -v) may also follow the subcommand
   int verbosity = 1;
   app.add_flag_function("-v,--verbose", [&](int64_t n) { verbosity = 1 + static_cast<int>(n); },
                         "More log output (debug)");
