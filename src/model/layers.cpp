@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include <cblas.h>
+#include "fp4q/linalg/blas.h"
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
@@ -16,28 +16,18 @@ namespace fp4q::model {
 void linear(const float* x, int64_t T, int64_t in, const float* W, int64_t out, const float* bias,
             float* y) {
   if (T <= 0 || out <= 0) return;
-  // Fixed blocks of the output (independent of the thread count), one single-threaded sgemm each:
-  // Y[r0:r1, c0:c1] = X[r0:r1, :] * W[c0:c1, :]^T (row-major; lda = ldb = in, ldc = out).
-  constexpr int64_t kRowBlock = 256, kColBlock = 512;
-  const int64_t nr = (T + kRowBlock - 1) / kRowBlock, nc = (out + kColBlock - 1) / kColBlock;
-  const double work = 2.0 * static_cast<double>(T) * out * std::max<int64_t>(in, 1);
-  detail::BlasSingleThread single;
-  detail::par_for_dynamic(static_cast<long>(nr * nc), work, [&](long it) {
-    const int64_t r0 = (it / nc) * kRowBlock, c0 = (it % nc) * kColBlock;
-    const int64_t rows = std::min(kRowBlock, T - r0), cols = std::min(kColBlock, out - c0);
-    float* yb = y + r0 * out + c0;
-    if (in <= 0) {
-      for (int64_t r = 0; r < rows; ++r) std::fill(yb + r * out, yb + r * out + cols, 0.0f);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
-                  static_cast<int>(cols), static_cast<int>(in), 1.0f, x + r0 * in,
-                  static_cast<int>(in), W + c0 * in, static_cast<int>(in), 0.0f, yb,
-                  static_cast<int>(out));
-    }
-    if (bias)
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) yb[r * out + c] += bias[c0 + c];
-  });
+  if (in <= 0) {
+    std::fill(y, y + T * out, 0.0f);
+  } else {
+    // Y [T x out] = X [T x in] · Wᵀ (W is [out x in]); linalg tiles the product on a fixed grid,
+    // so the bits do not depend on the thread count.
+    linalg::sgemm(false, true, T, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+  }
+  if (bias)
+    detail::par_for(static_cast<long>(T), static_cast<double>(out), [&](long t) {
+      float* yr = y + t * out;
+      for (int64_t c = 0; c < out; ++c) yr[c] += bias[c];
+    });
 }
 
 void linear_ref(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
@@ -223,9 +213,7 @@ void attention(const float* q, const float* k, const float* v, int64_t T, int n_
     float* O = out + r0 * qd + static_cast<int64_t>(h) * head_dim;       // [rows x hd], ld qd
     S.resize(static_cast<size_t>(rows * keys));
     // S[rows x keys] = Q K^T
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
-                static_cast<int>(keys), head_dim, 1.0f, Q, static_cast<int>(qd), K,
-                static_cast<int>(kvd), 0.0f, S.data(), static_cast<int>(keys));
+    linalg::sgemm(false, true, rows, keys, head_dim, 1.0f, Q, qd, K, kvd, 0.0f, S.data(), keys);
     for (int64_t i = 0; i < rows; ++i) {
       float* s = S.data() + i * keys;
       const int64_t valid = r0 + i + 1;
@@ -244,9 +232,7 @@ void attention(const float* q, const float* k, const float* v, int64_t T, int n_
       for (int64_t j = valid; j < keys; ++j) s[j] = 0.0f;
     }
     // O[rows x hd] = P[rows x keys] V[keys x hd]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), head_dim,
-                static_cast<int>(keys), 1.0f, S.data(), static_cast<int>(keys), Vp,
-                static_cast<int>(kvd), 0.0f, O, static_cast<int>(qd));
+    linalg::sgemm(false, false, rows, head_dim, keys, 1.0f, S.data(), keys, Vp, kvd, 0.0f, O, qd);
   });
 }
 
