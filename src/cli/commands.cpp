@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fp4q/core/error.h"
+#include "fp4q/exporter/layout.h"
 #include "fp4q/format/format.h"
 #include "fp4q/io/io.h"
 #include "fp4q/pipeline/eval.h"
@@ -48,15 +49,6 @@ int64_t parse_size(const std::string& s, const std::string& flag) {
   if (pos == 0 || !(v >= 0))
     throw Error(ErrorKind::kUsage, "cannot parse size '" + s + "'", flag, "use e.g. 8G, 512M or a byte count");
   return static_cast<int64_t>(v * mul);
-}
-
-exporter::ExportKind parse_export(const std::string& s) {
-  if (s == "compressed-tensors") return exporter::ExportKind::kCompressedTensors;
-  if (s == "fp-quant") return exporter::ExportKind::kFpQuantReal;
-  if (s == "fp-quant-pseudo") return exporter::ExportKind::kFpQuantPseudo;
-  if (s == "dequant") return exporter::ExportKind::kDequant;
-  throw Error(ErrorKind::kUsage, "unknown export layout '" + s + "'", "--export",
-              "choose one of: compressed-tensors, fp-quant, fp-quant-pseudo, dequant");
 }
 
 exporter::Activations parse_acts(const std::string& s) {
@@ -147,7 +139,7 @@ void add_quantize(CLI::App& app) {
     o.settings = pipeline::resolve_settings(format::parse_format(a->format), pipeline::parse_method(a->method),
                                             a->hadamard, a->scales, parse_act_order(a->act_order), a->damp,
                                             parse_acts(a->activations), a->ignore);
-    o.export_kind = parse_export(a->export_kind);
+    o.export_kind = exporter::parse_export_kind(a->export_kind);
     o.export_dtype = a->dtype;
     o.calib = a->calib.get();
     o.hessians_path = a->hessians;

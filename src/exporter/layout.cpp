@@ -1,6 +1,7 @@
 // src/exporter/layout.cpp — shared helpers of the on-disk layouts (see layout.h).
 #include "fp4q/exporter/layout.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 
@@ -99,11 +100,13 @@ std::optional<io::DType> config_dtype(const nlohmann::json& config) {
   return std::nullopt;
 }
 
-io::DType parse_float_dtype(const std::string& s) {
+io::DType parse_float_dtype(const std::string& name) {
+  std::string s = name;  // case-insensitive: "BF16" (the safetensors tag) works too
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (s == "f32" || s == "float32" || s == "fp32") return io::DType::kF32;
   if (s == "f16" || s == "float16" || s == "fp16" || s == "half") return io::DType::kF16;
   if (s == "bf16" || s == "bfloat16") return io::DType::kBF16;
-  throw Error(ErrorKind::kUsage, "unknown floating dtype '" + s + "'", "--dtype",
+  throw Error(ErrorKind::kUsage, "unknown floating dtype '" + name + "'", "--dtype",
               "valid: bf16, f16, f32");
 }
 

@@ -8,6 +8,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/exporter/exporter.h"
+#include "fp4q/exporter/layout.h"
 #include "fp4q/io/writer.h"
 #include "fp4q/pipeline/hessian_file.h"
 #include "internal.h"
@@ -68,13 +69,6 @@ std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "
 
 }  // namespace
 
-io::DType parse_export_dtype(const std::string& s) {
-  if (s == "bf16" || s == "BF16") return io::DType::kBF16;
-  if (s == "f16" || s == "fp16" || s == "F16") return io::DType::kF16;
-  if (s == "f32" || s == "fp32" || s == "F32") return io::DType::kF32;
-  throw Error(ErrorKind::kUsage, "unknown dtype '" + s + "'", "--dtype", "choose bf16, f16 or f32");
-}
-
 std::string plan_text(const Plan& plan) {
   std::ostringstream s;
   int64_t before = 0, after = 0;
@@ -127,7 +121,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
   info.ignored_linears = plan.ignored_names();
   exporter::ExportOptions eo;
   eo.max_shard_bytes = opt.max_shard_bytes;
-  if (!opt.export_dtype.empty()) eo.dtype = parse_export_dtype(opt.export_dtype);
+  if (!opt.export_dtype.empty()) eo.dtype = exporter::parse_float_dtype(opt.export_dtype);
   exporter::Exporter ex;
   ex.begin(opt.model_dir, info, opt.export_kind, out.path(), eo);
   Sink sink(ex, plan);

@@ -49,7 +49,4 @@ QuantizeResult run_quantize(const QuantizeOptions& opt);
 // Plan as text (one line per Linear: quantize or kept and why) for --dry-run and the log.
 std::string plan_text(const Plan& plan);
 
-// "bf16" | "f16" | "f32" (--dtype of dequantised exports); throws a usage error otherwise.
-io::DType parse_export_dtype(const std::string& s);
-
 }  // namespace fp4q::pipeline
