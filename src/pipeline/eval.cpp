@@ -10,6 +10,7 @@
 #include "fp4q/core/error.h"
 #include "fp4q/exporter/exporter.h"
 #include "fp4q/exporter/importer.h"
+#include "fp4q/exporter/layout.h"
 #include "fp4q/io/writer.h"
 #include "fp4q/model/tokenizer.h"
 #include "fp4q/transform/hadamard.h"
@@ -28,23 +29,33 @@ bool is_quantized_dir(const std::string& dir) {
   return j.is_object() && j.contains("quantization_config");
 }
 
-// Layer weights of an fp4q output: quantized Linears dequantised in the rotated domain (their
-// inputs are rotated online by the hook), everything else read as stored.
+// Online input transforms per layer and input group, as the quantized model prescribes.
+struct PerLayerHook : model::LinearHook {
+  std::map<std::pair<int, int>, InputTransform> t;  // (layer, group) -> transform
+  void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override {
+    auto it = t.find({layer, group_of(kind)});
+    if (it != t.end()) apply_input_transform(it->second, x, tokens, in);
+  }
+};
+
+// Layer weights of an fp4q output: quantized Linears dequantised in the rotated domain, everything
+// else read as stored. Each layer is decoded once, on first use, and kept (perplexity asks for
+// every layer in every window); decoding a layer also registers the online input transform of its
+// quantized Linears in `hook`.
 class QuantizedWeights {
  public:
-  QuantizedWeights(const model::Model& m, const exporter::ImportedModel& im) : m_(m), im_(im) {}
+  QuantizedWeights(const model::Model& m, const exporter::ImportedModel& im, bool acts, PerLayerHook& hook)
+      : m_(m), im_(im), acts_(acts), hook_(hook), layers_(static_cast<size_t>(m.config().n_layers)) {}
   const model::LayerWeights& layer(int l) {
-    if (l != cached_) {
-      w_ = load(l);
-      cached_ = l;
-    }
-    return w_;
+    if (!layers_[l]) layers_[l] = std::make_unique<model::LayerWeights>(load(l));
+    return *layers_[l];
   }
 
  private:
   model::LayerWeights load(int l) const {
     const auto& cfg = m_.config();
     const auto& files = im_.files();
+    const auto& info = im_.info();
     model::LayerWeights w;
     const std::string p = "model.layers." + std::to_string(l) + ".";
     w.input_norm = files.read_f32(p + "input_layernorm.weight");
@@ -54,7 +65,8 @@ class QuantizedWeights {
       w.k_norm = files.read_f32(p + "self_attn.k_norm.weight");
     }
     for (int k = 0; k < model::kNumLinear; ++k) {
-      const std::string mod = model::linear_path(l, static_cast<model::LinearKind>(k));
+      const auto kind = static_cast<model::LinearKind>(k);
+      const std::string mod = model::linear_path(l, kind);
       auto& lw = w.lin[k];
       if (im_.is_quantized(mod)) {
         const auto ql = im_.load(mod);
@@ -62,6 +74,11 @@ class QuantizedWeights {
         lw.in = ql.q.cols;
         lw.w.resize(static_cast<size_t>(lw.out * lw.in));
         format::dequantize(ql.q, lw.w.data());
+        if (acts_ && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
+          throw Error(ErrorKind::kInput, "W4A4 evaluation needs input_global_scale", im_.dir() + ": " + mod,
+                      "quantize with --activations fp4, or evaluate with --activations none");
+        hook_.t[{l, group_of(kind)}] = InputTransform{ql.hadamard, acts_, info.format,
+                                                      ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f};
       } else {
         lw.w = files.read_f32(mod + ".weight");
         const auto& shape = files.info(mod + ".weight").shape;
@@ -74,17 +91,9 @@ class QuantizedWeights {
   }
   const model::Model& m_;
   const exporter::ImportedModel& im_;
-  model::LayerWeights w_;
-  int cached_ = -1;
-};
-
-// Online input transforms per layer and input group, as the quantized model prescribes.
-struct PerLayerHook : model::LinearHook {
-  std::map<std::pair<int, int>, InputTransform> t;  // (layer, group) -> transform
-  void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override {
-    auto it = t.find({layer, group_of(kind)});
-    if (it != t.end()) apply_input_transform(it->second, x, tokens, in);
-  }
+  const bool acts_;
+  PerLayerHook& hook_;
+  std::vector<std::unique_ptr<model::LayerWeights>> layers_;
 };
 
 }  // namespace
@@ -100,23 +109,10 @@ EvalResult run_eval(const EvalOptions& opt) {
   bool use_hook = false;
   if (quantized) {
     im = std::make_unique<exporter::ImportedModel>(exporter::ImportedModel::open(opt.dir));
-    qw = std::make_unique<QuantizedWeights>(model, *im);
     const auto& info = im->info();
     const bool acts = opt.activations >= 0 ? opt.activations == static_cast<int>(exporter::Activations::kFp4)
                                            : info.activations == exporter::Activations::kFp4;
-    for (const auto& mod : im->quantized_modules()) {
-      const auto ql = im->load(mod);
-      int layer = -1;
-      std::sscanf(mod.c_str(), "model.layers.%d.", &layer);
-      model::LinearKind kind = model::LinearKind::kQ;
-      for (int k = 0; k < model::kNumLinear; ++k)
-        if (model::linear_path(layer, static_cast<model::LinearKind>(k)) == mod) kind = static_cast<model::LinearKind>(k);
-      if (acts && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
-        throw Error(ErrorKind::kInput, "W4A4 evaluation needs input_global_scale", opt.dir + ": " + mod,
-                    "quantize with --activations fp4, or evaluate with --activations none");
-      hook.t[{layer, group_of(kind)}] = InputTransform{ql.hadamard, acts, info.format,
-                                                      ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f};
-    }
+    qw = std::make_unique<QuantizedWeights>(model, *im, acts, hook);
     use_hook = true;
     spdlog::info("{}: {} {} model, rotation {}, activations {}", opt.dir, format::spec(info.format).name,
                  info.method.empty() ? "quantized" : info.method, info.hadamard, acts ? "fp4" : "16-bit");
@@ -171,7 +167,7 @@ void run_dequant(const std::string& quant_dir, const std::string& out_dir, const
   const auto im = exporter::ImportedModel::open(quant_dir);
   io::AtomicDir out(out_dir, force);
   exporter::ExportOptions eo;
-  if (!dtype.empty()) eo.dtype = parse_export_dtype(dtype);
+  if (!dtype.empty()) eo.dtype = exporter::parse_float_dtype(dtype);
   exporter::Exporter ex;
   ex.begin(quant_dir, im.info(), exporter::ExportKind::kDequant, out.path(), eo);
   for (const auto& mod : im.quantized_modules()) ex.add_quantized(im.load(mod));
