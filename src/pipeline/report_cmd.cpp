@@ -88,37 +88,37 @@ std::vector<TensorRecord> run_report(const ReportOptions& opt) {
   if (opt.formats.empty() || opt.methods.empty())
     throw Error(ErrorKind::kUsage, "need at least one format and one method", "--formats/--methods");
   const auto files = io::ModelFiles::open(opt.model_dir);
+  std::vector<Plan> plans;  // one per format × method, in output order
+  for (auto fmt : opt.formats)
+    for (auto m : opt.methods)
+      plans.push_back(make_plan(files, resolve_settings(fmt, m, -1, "", true, 0.01, exporter::Activations::kNone, {})));
   std::vector<TensorRecord> records;
   auto solve_layer = [&](int l, const std::function<std::vector<float>(const LinearPlan&)>& weight_of,
                          const std::function<const float*(int g, int64_t* samples)>& hessian_of) {
-    for (auto fmt : opt.formats) {
-      for (auto m : opt.methods) {
-        const auto s = resolve_settings(fmt, m, -1, "", true, 0.01, exporter::Activations::kNone, {});
-        const Plan plan = make_plan(files, s);
-        for (int g = 0; g < kNumInputGroups; ++g) {
-          for (const auto* lp : group_members(plan, l, g, false)) {
-            auto r = kept_record(*lp);
-            r.method = method_name(m);
-            records.push_back(r);
-          }
-          auto members = group_members(plan, l, g, true);
-          if (members.empty()) continue;
-          std::vector<std::vector<float>> W;
-          for (auto* mp : members) W.push_back(weight_of(*mp));
-          int64_t samples = 0;
-          const float* H = hessian_of(g, &samples);
-          for (auto& sv : solve_group(s, members, std::move(W), H, samples)) {
-            sv.rec.method = method_name(m);  // RTN is reported as rtn even with a Hessian
-            records.push_back(std::move(sv.rec));
-          }
+    for (const Plan& plan : plans) {
+      const QuantSettings& s = plan.settings;
+      for (int g = 0; g < kNumInputGroups; ++g) {
+        for (const auto* lp : group_members(plan, l, g, false)) {
+          auto r = kept_record(*lp);
+          r.method = method_name(s.method);
+          records.push_back(r);
+        }
+        auto members = group_members(plan, l, g, true);
+        if (members.empty()) continue;
+        std::vector<std::vector<float>> W;
+        for (auto* mp : members) W.push_back(weight_of(*mp));
+        int64_t samples = 0;
+        const float* H = hessian_of(g, &samples);
+        for (auto& sv : solve_group(s, members, std::move(W), H, samples)) {
+          sv.rec.method = method_name(s.method);  // RTN is reported as rtn even with a Hessian
+          records.push_back(std::move(sv.rec));
         }
       }
     }
   };
   if (!opt.hessians_path.empty()) {
     const auto hf = HessianFile::open(opt.hessians_path);
-    const Plan any = make_plan(files, resolve_settings(opt.formats.front(), Method::kRtn, 0, "", true, 0.01,
-                                                       exporter::Activations::kNone, {}));
+    const Plan& any = plans.front();  // any plan lists every Linear (quantized or kept)
     for (int l = 0; l < any.num_layers; ++l) {
       std::array<std::vector<float>, kNumInputGroups> H;
       std::array<int64_t, kNumInputGroups> ns{};
