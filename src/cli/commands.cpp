@@ -13,6 +13,8 @@
 #include "fp4q/exporter/layout.h"
 #include "fp4q/format/format.h"
 #include "fp4q/io/io.h"
+#include "fp4q/io/writer.h"
+#include "fp4q/pipeline/calib_windows.h"
 #include "fp4q/pipeline/eval.h"
 #include "fp4q/pipeline/quantize.h"
 #include "fp4q/pipeline/report_cmd.h"
@@ -71,7 +73,7 @@ std::string format_names() {
 }
 
 struct CalibArgs {
-  std::string text, ids;
+  std::string text, ids, windows, dump;
   int64_t samples = 128, seqlen = 2048;
   uint64_t seed = 42;
   void add(CLI::App* c) {
@@ -80,6 +82,8 @@ struct CalibArgs {
     c->add_option("--samples", samples, "Calibration sequences")->capture_default_str();
     c->add_option("--seqlen", seqlen, "Tokens per calibration sequence (clipped to the model's max positions)")->capture_default_str();
     c->add_option("--seed", seed, "Seed of the calibration sampling")->capture_default_str();
+    c->add_option("--calib-windows", windows, "Exact calibration windows from a JSON file (as written by --dump-calib; or [[ids...], ...]) instead of sampling");
+    c->add_option("--dump-calib", dump, "Write the token ids of every calibration window to this JSON file (with quantize --dry-run: write it and stop)");
   }
   pipeline::CalibOptions get() const {
     pipeline::CalibOptions o;
@@ -88,6 +92,8 @@ struct CalibArgs {
     o.samples = samples;
     o.seqlen = seqlen;
     o.seed = seed;
+    o.windows_path = windows;
+    o.dump_path = dump;
     return o;
   }
 };
@@ -100,6 +106,8 @@ void add_quantize(CLI::App& app) {
       "  fp4q quantize MODEL OUT --format mxfp4 --method mr-gptq --hadamard 32\n"
       "  fp4q quantize MODEL OUT --format nvfp4 --activations fp4 --samples 256 --seqlen 2048\n"
       "  fp4q quantize MODEL OUT --method rtn --ignore 'layers\\.0\\.' --export fp-quant-pseudo\n"
+      "  fp4q quantize MODEL OUT --dry-run --dump-calib calib.json   (calibration ids only)\n"
+      "  fp4q quantize MODEL OUT --calib-windows calib.json          (exactly those windows)\n"
       "Methods: rtn (round to nearest, no data), gptq (GPTQ, absmax scales, no rotation),\n"
       "mr-gptq (block Hadamard + MSE scales + static act-order GPTQ; the default).");
   struct Args {
@@ -148,6 +156,10 @@ void add_quantize(CLI::App& app) {
     o.report_path = a->report;
     o.max_memory = a->max_memory.empty() ? 0 : parse_size(a->max_memory, "--max-memory");
     o.max_shard_bytes = static_cast<uint64_t>(parse_size(a->shard, "--max-shard-size"));
+    if (!o.calib.dump_path.empty()) {  // also for runs that never calibrate (rtn, --hessians)
+      pipeline::dump_calibration(o.model_dir, o.calib);
+      o.calib.dump_path.clear();
+    }
     if (o.dry_run) {
       const auto files = io::ModelFiles::open(o.model_dir);
       std::cout << pipeline::plan_text(pipeline::make_plan(files, o.settings));
@@ -250,6 +262,24 @@ void add_dequant(CLI::App& app) {
   actions()[c] = [a] { pipeline::run_dequant(a->in, a->out, a->dtype, a->force); };
 }
 
+void add_tokenize(CLI::App& app) {
+  auto* c = app.add_subcommand("tokenize", "Token ids of a text as `fp4q eval --text` scores them (JSON array)");
+  c->footer("Example (identical evaluation ids for another tool):\n"
+            "  fp4q tokenize MODEL data/text/wikitext2-test.txt -o wt2.json && fp4q eval MODEL --ids wt2.json");
+  struct Args { std::string model, text, out; bool no_bos = false; };
+  auto a = std::make_shared<Args>();
+  c->add_option("MODEL", a->model, "Model directory (its tokenizer.json is used)")->required();
+  c->add_option("TEXT", a->text, "UTF-8 text file")->required();
+  c->add_option("-o,--out", a->out, "Write the JSON array here (default: stdout)");
+  c->add_flag("--no-bos", a->no_bos, "Do not prepend the tokenizer's BOS (eval prepends one)");
+  actions()[c] = [a] {
+    const auto ids = pipeline::eval_token_ids(a->model, a->text, !a->no_bos);
+    const auto s = pipeline::ids_json(ids);
+    if (a->out.empty()) std::cout << s;
+    else io::write_file_atomic(a->out, s);
+  };
+}
+
 void add_hessians(CLI::App& app) {
   auto* c = app.add_subcommand("hessians", "Compute calibration Hessians of every Linear input (full-precision model)");
   struct Args { std::string model, out; bool force = false; CalibArgs calib; };
@@ -289,6 +319,7 @@ void add_report(CLI::App& app) {
     for (const auto& m : split(a->methods)) o.methods.push_back(pipeline::parse_method(m));
     o.hessians_path = a->hessians;
     o.calib = a->calib.get();
+    if (!o.hessians_path.empty() && !o.calib.dump_path.empty()) pipeline::dump_calibration(o.model_dir, o.calib);
     const auto tf = pipeline::parse_table_format(a->table);
     const auto recs = pipeline::run_report(o);
     std::cout << pipeline::records_table(recs, tf);
@@ -305,6 +336,7 @@ void register_all(CLI::App& app) {
   add_formats(app);
   add_dequant(app);
   add_hessians(app);
+  add_tokenize(app);
 }
 
 void run_selected(CLI::App& app) {

@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "fp4q/calib/windows.h"
 #include "fp4q/core/error.h"
 #include "fp4q/gptq/gptq.h"
 #include "fp4q/model/tokenizer.h"
@@ -173,6 +174,7 @@ std::vector<int32_t> token_stream(const std::string& model_dir, const std::strin
 
 calib::CalibSet calibration_set(const std::string& model_dir, const model::ModelConfig& cfg,
                                 const CalibOptions& c) {
+  if (!c.windows_path.empty()) return calibration_windows(model_dir, cfg, c);
   int32_t bos = -1;
   const auto stream = token_stream(model_dir, c.text_path, c.ids_path, &bos);
   int64_t seqlen = c.seqlen;
@@ -183,6 +185,8 @@ calib::CalibSet calibration_set(const std::string& model_dir, const model::Model
   auto set = calib::sample_windows(stream, c.samples, seqlen, c.seed, bos,
                                    c.ids_path.empty() ? c.text_path : c.ids_path);
   spdlog::info("calibration: {} samples x {} tokens (seed {})", set.samples.size(), seqlen, c.seed);
+  if (!c.dump_path.empty())
+    dump_calibration_windows(c.dump_path, set, {c.ids_path.empty() ? c.text_path : c.ids_path, model_dir, c.seed, bos});
   return set;
 }
 

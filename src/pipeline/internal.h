@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fp4q/calib/dataset.h"
+#include "fp4q/calib/windows.h"
 #include "fp4q/exporter/quantized.h"
 #include "fp4q/gptq/hessian.h"
 #include "fp4q/model/model.h"
@@ -68,9 +69,17 @@ struct TransformHook : model::LinearHook {
 std::vector<int32_t> token_stream(const std::string& model_dir, const std::string& text_path,
                                   const std::string& ids_path, int32_t* bos);
 
-// Calibration windows for a model (seqlen clipped to max positions).
+// Calibration windows for a model (seqlen clipped to max positions); c.windows_path: the exact
+// windows of that file instead (calibration_windows); c.dump_path: the windows are also written
+// there (fp4q/calib/windows.h).
 calib::CalibSet calibration_set(const std::string& model_dir, const model::ModelConfig& cfg,
                                 const CalibOptions& c);
+// Defined in calib_windows.cpp: reads c.windows_path (checked against cfg's vocab and max
+// positions) and, when c.dump_path is set, writes the windows back out.
+calib::CalibSet calibration_windows(const std::string& model_dir, const model::ModelConfig& cfg,
+                                    const CalibOptions& c);
+void dump_calibration_windows(const std::string& path, const calib::CalibSet& set,
+                              const calib::WindowsMeta& meta);
 
 // Logs the planned peak and refuses (Error kUsage naming --max-memory) above the limit
 // (limit <= 0: physical memory).

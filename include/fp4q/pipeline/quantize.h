@@ -23,6 +23,9 @@ struct CalibOptions {
   int64_t samples = 128;
   int64_t seqlen = 2048;   // clipped to max_position_embeddings
   uint64_t seed = 42;
+  std::string windows_path;  // --calib-windows: exact windows from a JSON file (no sampling;
+                             // samples/seqlen/seed then come from the file)
+  std::string dump_path;     // --dump-calib: write the windows used as JSON (fp4q/calib/windows.h)
 };
 
 struct QuantizeOptions {
