@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# fp4q vs FP-Quant (IST-DASLab/FP-Quant, model_quant.py) side by side on IDENTICAL calibration
+# windows and IDENTICAL evaluation ids (issue 9). FP-Quant's code is never part of fp4q: pass the
+# path of an unmodified checkout (e.g. .ref/FP-Quant, git-ignored); tools/fpquant_shim.py feeds it
+# fp4q's windows and scores its in-memory pseudo-quantized model on fp4q's ids.
+#
+# Steps (run in this order; WORK is a directory, MODEL a Hugging Face Llama directory):
+#   tools/fpquant_side_by_side.sh prepare MODEL WORK   here (fp4q): calib.json (--dump-calib) and
+#        eval-<name>.json (fp4q tokenize) for WikiText-2 test and Frankenstein
+#   tools/fpquant_side_by_side.sh fp4q MODEL WORK      here (CPU): every fp4q cell, quantized from
+#        WORK/calib.json (--calib-windows), scored by `fp4q eval --ids` -> WORK/fp4q.tsv
+#   tools/fpquant_side_by_side.sh fpquant MODEL WORK FPQUANT_DIR OUTDIR    on the GPU machine
+#        (torch + transformers): the unquantized model and every FP-Quant cell, evaluated in fp32
+#        and bf16 -> OUTDIR/fpquant.jsonl (+ OUTDIR/fpquant.log)
+#   tools/fpquant_side_by_side.sh table WORK FPQUANT_JSONL    Markdown table (perplexity change vs
+#        each tool's own unquantized model, per cell, per evaluation text) on stdout
+#
+# Environment: FP4Q (binary, default build/fp4q), THREADS (fp4q -t), CALIB_TEXT (default
+# tinyshakespeare), SAMPLES (128), SEQLEN (512), SEED (42), EVAL_SEQLEN (512), EVAL_MAX_TOKENS
+# (0 = whole texts; else the id files are cut to this many tokens, for both tools), CELLS (space
+# separated cell names, default all), JOBS (FP-Quant cells run concurrently on the GPU, default 4),
+# FPQ_DTYPE (FP-Quant model dtype while quantizing: float32 (default) or bfloat16), PYTHON (python3).
+#
+# Cells: <fmt>-<w4a16|w4a4>-<method>, fmt nvfp4|mxfp4, method rtn|gptq|mrgptq; FP-Quant NVFP4 cells
+# also come as <...>-fused (--fuse_global_scale: one weight global scale for q/k/v and for gate/up,
+# as fp4q always does). FP-Quant's flags per method (fp-quant-reference.md §2, paper §4.1/§5):
+#   rtn    : (no --gptq), minmax scales, identity transform
+#   gptq   : --gptq, minmax scales, natural order, identity transform
+#   mrgptq : --gptq --w_observer mse --quantization_order activation --transform_class hadamard
+#            --hadamard_group_size 16 (nvfp) / 32 (mxfp)
+# fp4q: --method rtn | gptq | mr-gptq with its defaults (gptq: absmax, no rotation, static
+# act-order; mr-gptq: rotation 16/32, MSE scales, static act-order).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+fp4q="${FP4Q:-$here/build/fp4q}"
+threads="${THREADS:-0}"
+py="${PYTHON:-python3}"
+calib_text="${CALIB_TEXT:-/work/shared/data/tinyshakespeare/input.txt}"
+[ -f "$calib_text" ] || calib_text="$here/data/text/calib-frankenstein.txt"
+samples="${SAMPLES:-128}"
+seqlen="${SEQLEN:-512}"
+seed="${SEED:-42}"
+eval_seqlen="${EVAL_SEQLEN:-512}"
+eval_max="${EVAL_MAX_TOKENS:-0}"
+fpq_dtype="${FPQ_DTYPE:-float32}"
+jobs="${JOBS:-4}"
+wt2_text="$here/data/text/wikitext2-test.txt"
+frank_text="$here/data/text/calib-frankenstein.txt"   # = shared/data/frankenstein/frankenstein.txt
+
+all_cells() {
+  for fmt in nvfp4 mxfp4; do for a in w4a16 w4a4; do for m in rtn gptq mrgptq; do
+    echo "$fmt-$a-$m"
+    if [ "$fmt" = nvfp4 ] && [ "${1:-}" = fpquant ]; then echo "$fmt-$a-$m-fused"; fi
+  done; done; done
+}
+
+usage() { sed -n '2,33p' "$0" >&2; exit 2; }
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+prepare)
+  [ $# -eq 2 ] || usage
+  model="$1"; work="$2"; mkdir -p "$work"
+  "$fp4q" -q -t "$threads" quantize "$model" "$work/unused-out" --dry-run --calib "$calib_text" \
+    --samples "$samples" --seqlen "$seqlen" --seed "$seed" --dump-calib "$work/calib.json" > "$work/plan.txt"
+  for pair in "wikitext2=$wt2_text" "frankenstein=$frank_text"; do
+    name="${pair%%=*}"; text="${pair#*=}"
+    "$fp4q" -q tokenize "$model" "$text" -o "$work/eval-$name.json"
+    if [ "$eval_max" -gt 0 ]; then
+      "$py" - "$work/eval-$name.json" "$eval_max" <<'PY'
+import json, sys
+p, n = sys.argv[1], int(sys.argv[2])
+ids = json.load(open(p))[:n]
+open(p, "w").write(json.dumps(ids, separators=(",", ":")) + "\n")
+PY
+    fi
+  done
+  "$py" - "$work" <<'PY'
+import json, sys, os
+w = sys.argv[1]
+c = json.load(open(os.path.join(w, "calib.json")))
+print(f"{w}/calib.json: {c['n']} windows x {c['seqlen']} tokens (seed {c['seed']}, source {c['source']})")
+for f in sorted(os.listdir(w)):
+    if f.startswith("eval-"):
+        print(f"{w}/{f}: {len(json.load(open(os.path.join(w, f))))} ids")
+PY
+  ;;
+fp4q)
+  [ $# -eq 2 ] || usage
+  model="$1"; work="$2"; out="$work/fp4q"; mkdir -p "$out"
+  tsv="$work/fp4q.tsv"
+  [ -f "$tsv" ] || printf 'cell\teval\tppl\tnll\ttokens\tmean_h_err\tmean_w_err\n' > "$tsv"
+  score() {  # $1 = model or output dir, $2 = cell name
+    for ev in "$work"/eval-*.json; do
+      name="$(basename "$ev" .json)"; name="${name#eval-}"
+      line="$("$fp4q" -q -t "$threads" eval "$1" --ids "$ev" --seqlen "$eval_seqlen")"
+      ppl="$(sed -n 's/.*ppl=\([^\t]*\).*/\1/p' <<<"$line")"
+      nll="$(sed -n 's/.*nll=\([^\t]*\).*/\1/p' <<<"$line")"
+      tok="$(sed -n 's/.*tokens=\([^\t]*\).*/\1/p' <<<"$line")"
+      herr=""; werr=""
+      if [ -f "$out/$2.report.json" ]; then
+        read -r herr werr < <("$py" - "$out/$2.report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+q = [t for t in r["tensors"] if t.get("format") != "keep"]
+h = [t["hessian_err"] for t in q if t.get("hessian_err") is not None]
+w = [t["rel_weight_err"] for t in q if t.get("rel_weight_err") is not None]
+print(f"{sum(h)/len(h):.6g}" if h else "-", f"{sum(w)/len(w):.6g}" if w else "-")
+PY
+)
+      fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$name" "$ppl" "$nll" "$tok" "${herr:--}" "${werr:--}" >> "$tsv"
+      echo "fp4q $2 $name ppl $ppl" >&2
+    done
+  }
+  grep -q "^unquantized	" "$tsv" || score "$model" unquantized
+  for cell in ${CELLS:-$(all_cells fp4q)}; do
+    case "$cell" in *-fused) continue ;; esac
+    grep -q "^$cell	" "$tsv" && continue
+    IFS=- read -r fmt a m <<<"$cell"
+    acts=$([ "$a" = w4a4 ] && echo fp4 || echo none)
+    meth=$([ "$m" = mrgptq ] && echo mr-gptq || echo "$m")
+    "$fp4q" -q -t "$threads" quantize "$model" "$out/$cell" --force --format "$fmt" --method "$meth" \
+      --activations "$acts" --calib-windows "$work/calib.json" --report "$out/$cell.report.json"
+    score "$out/$cell" "$cell"
+    rm -rf "${out:?}/$cell"
+  done
+  ;;
+fpquant)
+  [ $# -eq 4 ] || usage
+  model="$1"; work="$2"; fpq="$3"; outdir="$4"; mkdir -p "$outdir"
+  [ -f "$fpq/model_quant.py" ] || { echo "no model_quant.py in $fpq (pass an FP-Quant checkout)" >&2; exit 2; }
+  tmp="$(mktemp -d)"
+  n="$("$py" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["n"] if isinstance(c,dict) else len(c))' "$work/calib.json")"
+  t="$("$py" -c 'import json,sys; c=json.load(open(sys.argv[1])); s=c["samples"] if isinstance(c,dict) else c; print(len(s[0]))' "$work/calib.json")"
+  evals=""
+  for ev in "$work"/eval-*.json; do name="$(basename "$ev" .json)"; evals="$evals --eval ${name#eval-}=$ev"; done
+  run_cell() {  # $1 = cell name (or "unquantized")
+    local cell="$1" args
+    args="--model_name_or_path $model --dataset_name_or_path fp4q-windows --sequence_length $t --num_sequences $n --dtype $fpq_dtype --seed 42 --eval_perplexity"
+    if [ "$cell" = unquantized ]; then
+      args="$args --w_bits 16 --a_bits 16"
+    else
+      IFS=- read -r fmt a m fused <<<"$cell"
+      local f=$([ "$fmt" = nvfp4 ] && echo nvfp || echo mxfp) g=$([ "$fmt" = nvfp4 ] && echo 16 || echo 32)
+      args="$args --format $f --w_bits 4 --a_bits $([ "$a" = w4a4 ] && echo 4 || echo 16)"
+      case "$m" in
+        rtn) ;;
+        gptq) args="$args --gptq" ;;
+        mrgptq) args="$args --gptq --w_observer mse --quantization_order activation --transform_class hadamard --hadamard_group_size $g" ;;
+      esac
+      [ "${fused:-}" = fused ] && args="$args --fuse_global_scale"
+    fi
+    # shellcheck disable=SC2086
+    "$py" "$here/tools/fpquant_shim.py" --fpquant "$fpq" --calib-windows "$work/calib.json" $evals \
+      --eval-seqlen "$eval_seqlen" --results "$tmp/$cell.jsonl" --tag "$cell" -- $args > "$tmp/$cell.log" 2>&1 \
+      && echo "fpquant $cell ok" >&2 || echo "fpquant $cell FAILED (see fpquant.log)" >&2
+  }
+  export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals
+  cells="unquantized ${CELLS:-$(all_cells fpquant)}"
+  start=$(date +%s)
+  printf '%s\n' $cells | xargs -P "$jobs" -I{} bash -c 'run_cell {}'
+  cat "$tmp"/*.jsonl > "$outdir/fpquant.jsonl" 2>/dev/null || true
+  for f in "$tmp"/*.log; do echo "==== $(basename "$f" .log)"; tail -n 200 "$f"; done > "$outdir/fpquant.log"
+  echo "fpquant: $(wc -l < "$outdir/fpquant.jsonl") cells in $(( $(date +%s) - start )) s -> $outdir" >&2
+  rm -rf "$tmp"
+  ;;
+table)
+  [ $# -eq 2 ] || usage
+  "$py" "$here/tools/side_by_side_table.py" --fp4q "$1/fp4q.tsv" --fpquant "$2"
+  ;;
+*) usage ;;
+esac
