@@ -14,6 +14,7 @@
 #include "fp4q/format/format.h"
 #include "fp4q/io/io.h"
 #include "fp4q/io/writer.h"
+#include "fp4q/pipeline/act_quant.h"
 #include "fp4q/pipeline/calib_windows.h"
 #include "fp4q/pipeline/eval.h"
 #include "fp4q/pipeline/quantize.h"
@@ -211,9 +212,10 @@ void add_formats(CLI::App& app) {
 void add_eval(CLI::App& app) {
   auto* c = app.add_subcommand("eval", "Perplexity of an original or fp4q-quantized model");
   c->footer("Examples:\n  fp4q eval data/models/stories260K --text data/text/wikitext2-test.txt --seqlen 512\n"
-            "  fp4q eval out/s-nvfp4 --text data/text/wikitext2-test.txt --activations fp4");
+            "  fp4q eval out/s-nvfp4 --text data/text/wikitext2-test.txt --activations fp4\n"
+            "  fp4q eval out/s-nvfp4 --runtime fp-quant --dtype bf16   # predict transformers + fp_quant in bf16");
   struct Args {
-    std::string dir, text, ids, activations, format, dump_logits, logits_ids;
+    std::string dir, text, ids, activations, format, dump_logits, logits_ids, runtime, dtype;
     int64_t seqlen = 2048, max_windows = 0;
     int hadamard = -1;
   };
@@ -228,6 +230,10 @@ void add_eval(CLI::App& app) {
   c->add_option("--hadamard", a->hadamard, "For an original model with --activations fp4: rotation block");
   c->add_option("--dump-logits", a->dump_logits, "Write float32 logits [T x vocab] of --logits-ids to this file");
   c->add_option("--logits-ids", a->logits_ids, "Token ids (JSON array / whitespace separated) for --dump-logits");
+  c->add_option("--runtime", a->runtime,
+                "compressed-tensors | fp-quant: whose activation rotation/quantization rule to emulate "
+                "(default: the output layout's own runtime; compressed-tensors for an original model)");
+  c->add_option("--dtype", a->dtype, "f32 | bf16: compute dtype to emulate (default f32; bf16 = transformers in bfloat16)");
   actions()[c] = [a] {
     pipeline::EvalOptions o;
     o.dir = a->dir;
@@ -244,6 +250,8 @@ void add_eval(CLI::App& app) {
     o.hadamard = a->hadamard;
     o.dump_logits = a->dump_logits;
     o.logits_ids = a->logits_ids;
+    if (!a->runtime.empty()) o.runtime = static_cast<int>(pipeline::parse_act_runtime(a->runtime));
+    if (!a->dtype.empty()) o.dtype = pipeline::parse_compute_dtype(a->dtype);
     const auto r = pipeline::run_eval(o);
     if (r.tokens > 0)
       std::printf("%s\ttokens=%lld\twindows=%lld\tnll=%.6f\tppl=%.4f\n", a->dir.c_str(),

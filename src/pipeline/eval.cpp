@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "fp4q/core/compute_dtype.h"
 #include "fp4q/core/error.h"
 #include "fp4q/exporter/exporter.h"
 #include "fp4q/exporter/importer.h"
@@ -38,14 +39,26 @@ struct PerLayerHook : model::LinearHook {
   }
 };
 
+// Rounds every float of a layer's weights to the compute dtype (a bf16 runtime holds its weights,
+// biases and norm weights in bf16; no-op for f32).
+void round_layer(model::LayerWeights& w, ComputeDtype d) {
+  if (d == ComputeDtype::kF32) return;
+  for (auto& lw : w.lin) {
+    round_to(d, lw.w.data(), static_cast<int64_t>(lw.w.size()));
+    round_to(d, lw.bias.data(), static_cast<int64_t>(lw.bias.size()));
+  }
+  for (auto* v : {&w.input_norm, &w.post_norm, &w.q_norm, &w.k_norm}) round_to(d, v->data(), static_cast<int64_t>(v->size()));
+}
+
 // Layer weights of an fp4q output: quantized Linears dequantised in the rotated domain, everything
-// else read as stored. Each layer is decoded once, on first use, and kept (perplexity asks for
-// every layer in every window); decoding a layer also registers the online input transform of its
-// quantized Linears in `hook`.
+// else read as stored, then rounded to the compute dtype. Each layer is decoded once, on first
+// use, and kept (perplexity asks for every layer in every window); decoding a layer also
+// registers the online input transform of its quantized Linears in `hook`.
 class QuantizedWeights {
  public:
-  QuantizedWeights(const model::Model& m, const exporter::ImportedModel& im, bool acts, PerLayerHook& hook)
-      : m_(m), im_(im), acts_(acts), hook_(hook), layers_(static_cast<size_t>(m.config().n_layers)) {}
+  QuantizedWeights(const model::Model& m, const exporter::ImportedModel& im, const InputTransform& proto,
+                   PerLayerHook& hook)
+      : m_(m), im_(im), proto_(proto), hook_(hook), layers_(static_cast<size_t>(m.config().n_layers)) {}
   const model::LayerWeights& layer(int l) {
     if (!layers_[l]) layers_[l] = std::make_unique<model::LayerWeights>(load(l));
     return *layers_[l];
@@ -74,11 +87,14 @@ class QuantizedWeights {
         lw.in = ql.q.cols;
         lw.w.resize(static_cast<size_t>(lw.out * lw.in));
         format::dequantize(ql.q, lw.w.data());
-        if (acts_ && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
+        if (proto_.quantize && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
           throw Error(ErrorKind::kInput, "W4A4 evaluation needs input_global_scale", im_.dir() + ": " + mod,
                       "quantize with --activations fp4, or evaluate with --activations none");
-        hook_.t[{l, group_of(kind)}] = InputTransform{ql.hadamard, acts_, info.format,
-                                                      ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f};
+        InputTransform t = proto_;
+        t.hadamard = ql.hadamard;
+        t.format = info.format;
+        t.global_scale = ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f;
+        hook_.t[{l, group_of(kind)}] = t;
       } else {
         lw.w = files.read_f32(mod + ".weight");
         const auto& shape = files.info(mod + ".weight").shape;
@@ -87,46 +103,92 @@ class QuantizedWeights {
       }
       if (files.has(mod + ".bias")) lw.bias = files.read_f32(mod + ".bias");
     }
+    round_layer(w, proto_.dtype);
     return w;
   }
   const model::Model& m_;
   const exporter::ImportedModel& im_;
-  const bool acts_;
+  const InputTransform proto_;  // quantize / runtime / dtype shared by every quantized Linear
   PerLayerHook& hook_;
   std::vector<std::unique_ptr<model::LayerWeights>> layers_;
 };
+
+// Layers of an original model rounded to the compute dtype, converted once and kept.
+class RoundedWeights {
+ public:
+  RoundedWeights(const model::Model& m, ComputeDtype d) : m_(m), d_(d), layers_(static_cast<size_t>(m.config().n_layers)) {}
+  const model::LayerWeights& layer(int l) {
+    if (!layers_[l]) {
+      layers_[l] = std::make_unique<model::LayerWeights>(m_.load_layer(l));
+      round_layer(*layers_[l], d_);
+    }
+    return *layers_[l];
+  }
+
+ private:
+  const model::Model& m_;
+  const ComputeDtype d_;
+  std::vector<std::unique_ptr<model::LayerWeights>> layers_;
+};
+
+bool has_linear_bias(const model::Model& m, const exporter::ImportedModel& im) {
+  for (int l = 0; l < m.config().n_layers; ++l)
+    for (int k = 0; k < model::kNumLinear; ++k) {
+      const std::string mod = model::linear_path(l, static_cast<model::LinearKind>(k));
+      if (im.is_quantized(mod) && im.files().has(mod + ".bias")) return true;
+    }
+  return false;
+}
 
 }  // namespace
 
 EvalResult run_eval(const EvalOptions& opt) {
   const auto t0 = Clock::now();
   const bool quantized = is_quantized_dir(opt.dir);
-  const auto model = model::Model::open(opt.dir, quantized);
+  auto model = model::Model::open(opt.dir, quantized);
+  if (opt.dtype != ComputeDtype::kF32)  // TEMP until model::Model has a compute dtype
+    throw Error(ErrorKind::kUsage, "--dtype bf16 is not available yet", "--dtype");
   const auto& cfg = model.config();
   std::unique_ptr<exporter::ImportedModel> im;
   std::unique_ptr<QuantizedWeights> qw;
+  std::unique_ptr<RoundedWeights> rw;
   PerLayerHook hook;
   bool use_hook = false;
+  InputTransform proto;
+  proto.dtype = opt.dtype;
   if (quantized) {
     im = std::make_unique<exporter::ImportedModel>(exporter::ImportedModel::open(opt.dir));
     const auto& info = im->info();
-    const bool acts = opt.activations >= 0 ? opt.activations == static_cast<int>(exporter::Activations::kFp4)
-                                           : info.activations == exporter::Activations::kFp4;
-    qw = std::make_unique<QuantizedWeights>(model, *im, acts, hook);
+    proto.quantize = opt.activations >= 0 ? opt.activations == static_cast<int>(exporter::Activations::kFp4)
+                                          : info.activations == exporter::Activations::kFp4;
+    proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime)
+                    : im->kind() == exporter::ExportKind::kFpQuantReal ? ActRuntime::kFpQuant
+                                                                        : ActRuntime::kCompressedTensors;
+    if (proto.runtime == ActRuntime::kFpQuant && proto.quantize && has_linear_bias(model, *im))
+      spdlog::warn("{}: fp_quant 0.3.2's pseudo-quantization path adds the bias of a quantized Linear twice "
+                   "(PseudoQuant4x16NoMasterFn); fp4q evaluates it once", opt.dir);
+    qw = std::make_unique<QuantizedWeights>(model, *im, proto, hook);
     use_hook = true;
-    spdlog::info("{}: {} {} model, rotation {}, activations {}", opt.dir, format::spec(info.format).name,
-                 info.method.empty() ? "quantized" : info.method, info.hadamard, acts ? "fp4" : "16-bit");
-  } else if (opt.activations == static_cast<int>(exporter::Activations::kFp4)) {
-    // Original weights with rotated, FP4-quantised activations (dynamic NVFP4 global scale is
-    // not defined without calibration: nvfp4 uses per-tensor 1.0 here, i.e. E4M3 scales alone).
-    const auto fmt = opt.format ? static_cast<format::FormatId>(opt.format) : format::FormatId::kNVFP4;
-    const int had = opt.hadamard >= 0 ? opt.hadamard : format::spec(fmt).default_hadamard;
-    for (int l = 0; l < cfg.n_layers; ++l)
-      for (int g = 0; g < kNumInputGroups; ++g) hook.t[{l, g}] = InputTransform{had, true, fmt, 1.0f};
-    use_hook = true;
+    spdlog::info("{}: {} {} model, rotation {}, activations {}, runtime {}, {}", opt.dir,
+                 format::spec(info.format).name, info.method.empty() ? "quantized" : info.method, info.hadamard,
+                 proto.quantize ? "fp4" : "16-bit", act_runtime_name(proto.runtime), compute_dtype_name(opt.dtype));
+  } else {
+    if (opt.dtype != ComputeDtype::kF32) rw = std::make_unique<RoundedWeights>(model, opt.dtype);
+    if (opt.activations == static_cast<int>(exporter::Activations::kFp4)) {
+      // Original weights with rotated, FP4-quantised activations (dynamic NVFP4 global scale is
+      // not defined without calibration: nvfp4 uses per-tensor 1.0 here, i.e. E4M3 scales alone).
+      proto.format = opt.format ? static_cast<format::FormatId>(opt.format) : format::FormatId::kNVFP4;
+      proto.hadamard = opt.hadamard >= 0 ? opt.hadamard : format::spec(proto.format).default_hadamard;
+      proto.quantize = true;
+      proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime) : ActRuntime::kCompressedTensors;
+      for (int l = 0; l < cfg.n_layers; ++l)
+        for (int g = 0; g < kNumInputGroups; ++g) hook.t[{l, g}] = proto;
+      use_hook = true;
+    }
   }
   model::LayerWeightsFn fn;
   if (qw) fn = [&qw](int l) -> const model::LayerWeights& { return qw->layer(l); };
+  if (rw) fn = [&rw](int l) -> const model::LayerWeights& { return rw->layer(l); };
 
   if (!opt.dump_logits.empty()) {
     if (opt.logits_ids.empty())

@@ -1,33 +1,78 @@
 // fp4q/pipeline/act_quant.h — online input transform of a quantized Linear, as a runtime applies
 // it: block-Hadamard rotation of the input (x -> x·B) and, for W4A4, per-token-group absmax FP4
-// fake-quantisation of the rotated input.
+// fake-quantisation of the rotated input (quantize, then dequantize back to the compute dtype).
 //
-//  NVFP4: S = e4m3(min(amax_g/6 · gs_a, 448)), x_hat = e2m1(x·gs_a/S)·S/gs_a with the static
-//         activation global scale gs_a (compressed-tensors `input_global_scale`, multiplier
-//         2688/amax over calibration, bf16-exact) — the scheme vLLM's NVFP4 W4A4 path computes.
-//  MXFP4: the compressed-tensors rule (format::mxfp4_absmax_exponent: floor(log2 amax_g) - 2,
-//         plus one when the mantissa of amax_g is >= 1.75), x_hat = e2m1(x/2^e)·2^e, saturating.
+// The runtimes disagree on the activation rule; fp4q emulates each one (docs/FORMAT.md §11 has
+// the derivations and the source lines). Notation: groups of G = 16 (NVFP4) / 32 (MXFP4)
+// consecutive inputs, amax = max |x| of the group, gs = activation global scale (multiplier),
+// fl() = one float32 rounding (RNE), e4m3() = RNE to FP8 E4M3 saturating at 448,
+// RNE_E2M1 = round to nearest, ties to even, saturating at 6 (0.25->0, 0.75->1, 1.25->1,
+// 1.75->2, 2.5->2, 3.5->4, 5->4); TZ_E2M1 = thresholds strictly greater (ties toward zero:
+// 0.25->0, 0.75->0.5, 1.25->1, 1.75->1.5, 2.5->2, 3.5->3, 5->4), saturating at 6.
+//
+//  kCompressedTensors (compressed-tensors `forward_quantize` with the preset scale dtypes, i.e.
+//  what vLLM's NVFP4/MXFP4 W4A4 computes):
+//    rotation  x·H_h / sqrt(h)  (f32: the fp4q rotation, multiply by 1/sqrt(h); bf16: the sums
+//              divided by fl(sqrt(h)) and the result rounded to bf16, as HadamardTransform does)
+//    NVFP4     a6 = fl(amax/6) (bf16: rounded to bf16 too); S = e4m3(min(fl(gs·a6), 448));
+//              s = fl(S/gs); x_hat = RNE_E2M1(clamp(fl(x/s), ±6)) · s
+//    MXFP4     e = floor(log2 amax) - 2, +1 when amax's mantissa >= 1.75
+//              (format::mxfp4_absmax_exponent); x_hat = RNE_E2M1(x/2^e) · 2^e
+//  kFpQuant (FP-Quant inference_lib 0.3.2, the Triton pseudo-quantization kernels
+//  triton/nvfp4.py and triton/mxfp4.py used by transformers with pseudoquantization: true):
+//    rotation  x·M with M = blockdiag(H_h · c), c = fl(1/sqrt(h)) (bf16: c rounded to bf16,
+//              since transformers casts the buffer), float32 result (never rounded to bf16)
+//    NVFP4     gs in the compute dtype; S = e4m3(min(fl(fl(gs·amax)/6), 448));
+//              q = TZ_E2M1(fl(fl(x·gs)/S)); x_hat = fl(fl(q·S)/gs)
+//    MXFP4     s = fl(2^(floor(log2 amax) - 2) / 0.75) (= 2^E/3, E = floor(log2 amax): the group
+//              max maps into [3, 6), nothing clips); q = TZ_E2M1(fl(x/s)); x_hat = fl(q·s)
+//              (the activation global scale is not used)
+//  Both: with ComputeDtype::kBF16 x_hat is rounded to bf16 (the runtime's output tensor dtype);
+//  all-zero groups give 0.
+//
+// Invariant: InputTransform{h, q, format, gs} with the defaults (kCompressedTensors, kF32) is the
+// transform fp4q has always applied (quantize/calibration use it); it is bit-identical to
+// format::choose_scales(kAbsmax) + quantize_rtn + dequantize after transform::hadamard_rows.
 // Groups run along the input dimension: group k of a row covers columns [k·G, (k+1)·G).
 #pragma once
 
 #include <cstdint>
+#include <string>
 
+#include "fp4q/core/compute_dtype.h"
 #include "fp4q/format/format.h"
 
 namespace fp4q::pipeline {
+
+enum class ActRuntime : int { kCompressedTensors = 0, kFpQuant = 1 };
+
+const char* act_runtime_name(ActRuntime r);                // "compressed-tensors" | "fp-quant"
+ActRuntime parse_act_runtime(const std::string& name);     // throws Error(kUsage) listing both
+ComputeDtype parse_compute_dtype(const std::string& name); // "f32"/"fp32"/"float32" | "bf16"/"bfloat16"
 
 struct InputTransform {
   int hadamard = 0;                 // rotation block (0 = none)
   bool quantize = false;            // W4A4: fake-quantise the rotated input
   format::FormatId format = format::FormatId::kNVFP4;
-  float global_scale = 1.0f;        // NVFP4 activation global scale
+  float global_scale = 1.0f;        // NVFP4 activation global scale (multiplier)
+  ActRuntime runtime = ActRuntime::kCompressedTensors;
+  ComputeDtype dtype = ComputeDtype::kF32;
 };
 
-// x [rows x cols] row-major, in place.
+// x [rows x cols] row-major, in place. With dtype kBF16 the caller passes bf16-exact inputs
+// (the runtime's bf16 activations); cols must be a multiple of the rotation block and, when
+// quantizing, of the group size.
 void apply_input_transform(const InputTransform& t, float* x, int64_t rows, int64_t cols);
 
 // Activation global scale for NVFP4 from the calibration amax of the rotated input:
 // bf16_round_down(2688 / amax) (1.0 when amax == 0).
 float activation_global_scale(float amax);
+
+// ---- the per-element rules, exposed for tests (docs above) ----
+// Magnitude index 0..7 of |v| on the E2M1 grid {0,.5,1,1.5,2,3,4,6}; NaN -> 0.
+int e2m1_index_rne(float a);  // ties to even
+int e2m1_index_tz(float a);   // ties toward zero (strict thresholds)
+// One group of n values (n = G), in place, by the rule of (runtime, format, dtype).
+void fake_quantize_group(const InputTransform& t, float* g, int n);
 
 }  // namespace fp4q::pipeline

@@ -7,10 +7,21 @@
 // Perplexity uses non-overlapping windows of `seqlen` tokens of the whole tokenised text
 // (WikiText-2 style, one BOS at the start when the tokenizer adds one, remainder dropped) and
 // float64 accumulation of the log-likelihood.
+//
+// Runtime emulation (docs/FORMAT.md §11): `runtime` picks whose activation rule the online
+// transform follows (act_quant.h: compressed-tensors/vLLM or FP-Quant's fp_quant); the default is
+// the runtime of the output's own layout (compressed-tensors layout -> compressed-tensors,
+// fp-quant layout -> fp-quant; an original model with --activations fp4 -> compressed-tensors).
+// `dtype` kBF16 emulates a bfloat16 runtime (transformers with dtype=torch.bfloat16, eager
+// attention): every weight is rounded to bf16 as loaded, and activations are rounded to bf16
+// wherever that runtime holds a bf16 tensor (model::Model's compute dtype); matrix products
+// accumulate in float32 and round their output. kF32 is fp4q's float32 evaluation, unchanged.
 #pragma once
 
 #include <cstdint>
 #include <string>
+
+#include "fp4q/core/compute_dtype.h"
 
 namespace fp4q::pipeline {
 
@@ -24,6 +35,8 @@ struct EvalOptions {
   int hadamard = -1;         // original model + activations fp4: rotation (-1 = format default)
   std::string dump_logits;   // write float32 logits of logits_ids here
   std::string logits_ids;
+  int runtime = -1;          // -1 = the layout's own runtime; else pipeline::ActRuntime
+  ComputeDtype dtype = ComputeDtype::kF32;
 };
 
 struct EvalResult {
