@@ -224,7 +224,7 @@ def run_fpq_case(log, case, man, root, device, res):
 
 
 def fpq_rule(x, H, gs, fmt):
-    """The fp-quant rule of docs/FORMAT.md §11 in torch float32 ops (reference for the kernels)."""
+    """The fp-quant rule of docs/FORMAT.md §13 in torch float32 ops (reference for the kernels)."""
     import torch
     xh = (x.float().reshape(-1, H.shape[0]) @ H.float()).reshape(-1, 16 if fmt == "nvfp4" else 32)
     a = xh.abs().amax(-1, keepdim=True)

@@ -1,5 +1,5 @@
 // src/pipeline/act_quant.cpp — the online input transform of each runtime (see act_quant.h for
-// the rules; docs/FORMAT.md §11 for where they come from).
+// the rules; docs/FORMAT.md §13 for where they come from).
 #include "fp4q/pipeline/act_quant.h"
 
 #include <algorithm>

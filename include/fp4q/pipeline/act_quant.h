@@ -2,7 +2,7 @@
 // it: block-Hadamard rotation of the input (x -> x·B) and, for W4A4, per-token-group absmax FP4
 // fake-quantisation of the rotated input (quantize, then dequantize back to the compute dtype).
 //
-// The runtimes disagree on the activation rule; fp4q emulates each one (docs/FORMAT.md §11 has
+// The runtimes disagree on the activation rule; fp4q emulates each one (docs/FORMAT.md §13 has
 // the derivations and the source lines). Notation: groups of G = 16 (NVFP4) / 32 (MXFP4)
 // consecutive inputs, amax = max |x| of the group, gs = activation global scale (multiplier),
 // fl() = one float32 rounding (RNE), e4m3() = RNE to FP8 E4M3 saturating at 448,

@@ -8,7 +8,7 @@
 // (WikiText-2 style, one BOS at the start when the tokenizer adds one, remainder dropped) and
 // float64 accumulation of the log-likelihood.
 //
-// Runtime emulation (docs/FORMAT.md §11): `runtime` picks whose activation rule the online
+// Runtime emulation (docs/FORMAT.md §13): `runtime` picks whose activation rule the online
 // transform follows (act_quant.h: compressed-tensors/vLLM or FP-Quant's fp_quant); the default is
 // the runtime of the output's own layout (compressed-tensors layout -> compressed-tensors,
 // fp-quant layout -> fp-quant; an original model with --activations fp4 -> compressed-tensors).
