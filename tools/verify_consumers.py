@@ -393,19 +393,32 @@ def ct_harness(log, case, man, root, device, res, ct):
     fpq_sd = safetensors_dict(os.path.join(root, case["fpq"]), device)
     comp = NVFP4PackedCompressor if fmt == "nvfp4" else MXFP4PackedCompressor
     mods = sorted(k[:-len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
-    weights, wdiff = {}, 0.0
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    weights, wdiff_lib, wdiff32 = {}, 0.0, 0.0
     for m in mods:
         local = {k[len(m) + 1:]: v for k, v in sd.items() if k.startswith(m + ".") and "v_input" not in k}
-        w = comp.decompress(local, None)["weight"].float()
-        weights[m] = w
-        wdiff = max(wdiff, float((w - fpq_sd[m + ".dqweight"].float()).abs().max()))
-    log(f"  compressed-tensors: {len(mods)} modules decompressed; max |W_ct - dqweight_fp4q| {wdiff:.3e}")
-    out = {"modules": len(mods), "max_abs_weight_diff_vs_fp4q": wdiff}
+        ref = fpq_sd[m + ".dqweight"].float()  # fp4q's dequantised weight of the same run
+        # compressed-tensors' decompression as transformers runs it (unpacks to bf16 by default)
+        w_lib = comp.decompress(dict(local), None)["weight"]
+        wdiff_lib = max(wdiff_lib, float((w_lib.float() - ref.to(w_lib.dtype).float()).abs().max()))
+        # the same functions asked for float32 (the fp32 comparison needs unrounded weights)
+        packed = local["weight_packed"]
+        xq = unpack_fp4_from_uint8(packed, packed.shape[0], 2 * packed.shape[1], dtype=torch.float32)
+        sc = comp._decompress_scale(local["weight_scale"], torch.float32)
+        w32 = dequantize(x_q=xq, scale=sc, global_scale=local.get("weight_global_scale"), dtype=torch.float32)
+        wdiff32 = max(wdiff32, float((w32 - ref).abs().max()))
+        weights[m] = w32
+    log(f"  compressed-tensors: {len(mods)} modules decompressed; max |W_ct - W_fp4q|: as decompress() "
+        f"returns it ({w_lib.dtype}) {wdiff_lib:.3e}, float32 {wdiff32:.3e}")
+    out = {"modules": len(mods), "decompress_dtype": str(w_lib.dtype), "max_abs_weight_diff_vs_fp4q": wdiff_lib,
+           "max_abs_weight_diff_vs_fp4q_f32": wdiff32}
     tcfg = qc.get("transform_config") or {}
     h = next(iter(tcfg.get("config_groups", {}).values()), {}).get("head_dim", 0) if tcfg else 0
     ia = grp["input_activations"]
     base = dict(num_bits=4, type="float", symmetric=True, strategy=ia["strategy"], group_size=ia["group_size"],
-                dynamic=ia["dynamic"], block_structure=None, actorder=None, observer=None, zp_dtype=None)
+                dynamic=ia["dynamic"], block_structure=None, actorder=None, observer=None,
+                zp_dtype=torch.float8_e4m3fn)  # what QuantizationArgs.validate_model_after sets for FP4
     variants = {"preset": dict(base, scale_dtype=torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8),
                 "as-configured": dict(base, scale_dtype=None)}
     ppl_ids = json.load(open(os.path.join(root, man["ppl_ids"])))
