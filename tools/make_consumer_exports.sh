@@ -47,6 +47,18 @@ json.dump(ids[:ntok], open(f"{root}/logits_ids.json", "w"))
 PY
 rm "$root/all_ids.json"
 
+# The original model (no quantization): isolates the bf16 model emulation from the quantizers.
+mkdir -p "$root/original"
+for f in "$model"/*; do
+  case "$(basename "$f")" in *.json|*.safetensors|*.model|*.txt) cp "$f" "$root/original/";; esac
+done
+for dt in ${DTYPES:-f32 bf16}; do
+  line="$("$fp4q" -q eval "$root/original" --dtype "$dt" --ids "$root/ppl_ids.json" --seqlen "$seqlen" \
+           --dump-logits "$root/original/fp4q.$dt.logits.f32" --logits-ids "$root/logits_ids.json")"
+  echo "original - $dt $line" >> "$root/fp4q_eval.txt"
+  echo "original - $dt $line" >&2
+done
+
 cases=()
 for fmt in nvfp4 mxfp4; do
   block=16; [[ $fmt == mxfp4 ]] && block=32
@@ -75,15 +87,17 @@ done
 python3 - "$root" "$name" "$seqlen" "$("$fp4q" --version 2>&1 | head -1)" "${cases[@]}" <<'PY'
 import json, re, sys
 root, name, seqlen, version, cases = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
-ev = {}
+ev, orig = {}, {}
 for line in open(f"{root}/fp4q_eval.txt"):
     c, rt, dt, rest = line.split(" ", 3)
     m = {k: v for k, v in re.findall(r"(\w+)=([0-9.eE+-]+)", rest)}
-    ev.setdefault(c, {}).setdefault(rt, {})[dt] = {
-        "logits": f"{c}/fp4q.{rt}.{dt}.logits.f32", "ppl": float(m["ppl"]), "nll": float(m["nll"]),
-        "tokens": int(m["tokens"]), "windows": int(m["windows"])}
+    e = {"ppl": float(m["ppl"]), "nll": float(m["nll"]), "tokens": int(m["tokens"]), "windows": int(m["windows"])}
+    if c == "original":
+        orig[dt] = dict(e, logits=f"original/fp4q.{dt}.logits.f32")
+    else:
+        ev.setdefault(c, {}).setdefault(rt, {})[dt] = dict(e, logits=f"{c}/fp4q.{rt}.{dt}.logits.f32")
 out = {"model": name, "fp4q_version": version, "seqlen": seqlen, "ppl_ids": "ppl_ids.json",
-       "logits_ids": "logits_ids.json", "cases": []}
+       "logits_ids": "logits_ids.json", "original": {"dir": "original", "fp4q": orig}, "cases": []}
 for c in cases:
     fmt, method, h = c.split("_")
     out["cases"].append({"name": c, "format": fmt, "method": method, "hadamard": int(h[1:]),

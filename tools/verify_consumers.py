@@ -7,6 +7,8 @@ case, ct/ = compressed-tensors layout, fpq/ = fp-quant-pseudo layout with float3
 fp4q's logits per emulated runtime and dtype).
 
 Checks, per case (format x method x rotation, all W4A4):
+  original   the unquantized model in plain transformers, fp32 and bf16 (eager attention) vs
+             `fp4q eval --dtype f32|bf16`: fp4q's bf16 emulation alone.
   fp_quant   transformers.AutoModelForCausalLM on fpq/ (quant_method fp_quant,
              pseudoquantization: true -> FPQuantLinear + FP-Quant's Triton kernels), eager
              attention; bf16 (as transformers requires) and fp32 (the bf16-loaded model cast to
@@ -83,6 +85,9 @@ def load_manifest(root, cases_filter):
     if want:
         man["cases"] = [c for c in man["cases"] if c["name"] in want]
     missing = []
+    for d in man.get("original", {}).get("fp4q", {}).values():
+        if not os.path.exists(os.path.join(root, d["logits"])):
+            missing.append(d["logits"])
     for rel in (man["ppl_ids"], man["logits_ids"]):
         if not os.path.exists(os.path.join(root, rel)):
             missing.append(rel)
@@ -153,6 +158,32 @@ def compare(log, tag, logits, ppl, pred, vocab, root, target_rel_l2, target_ppl)
     log(f"  {tag:<44} rel_l2 {r['rel_l2']:.3e}  top1 {r['top1_agree']:.4f}  ppl lib {ppl:.4f}  fp4q "
         f"{pred['ppl']:.4f}  ({100 * r['ppl_rel']:+.4f} %)  {'PASS' if ok else 'FAIL'}")
     return r
+
+
+# ---------------------------------------------------------------------------------------------
+# the original model in plain transformers (checks fp4q's bf16 model emulation alone)
+
+
+def run_original(log, man, root, device, res):
+    import torch
+    from transformers import AutoModelForCausalLM
+    o = man["original"]
+    ppl_ids = json.load(open(os.path.join(root, man["ppl_ids"])))
+    lg_ids = json.load(open(os.path.join(root, man["logits_ids"])))
+    out = {}
+    for tag, dt in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+        if tag not in o["fp4q"]:
+            continue
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(root, o["dir"]), dtype=dt, device_map=device,
+                                                     attn_implementation="eager").eval()
+        lg = model_logits(model, lg_ids, device)
+        ppl, _, _ = perplexity(model, ppl_ids, man["seqlen"], device)
+        out[tag] = compare(log, f"transformers {tag} (original) vs fp4q {tag}", lg, ppl, o["fp4q"][tag],
+                           model.config.vocab_size, root, TARGETS["f32_rel_l2"] if tag == "f32" else None,
+                           TARGETS["f32_ppl_rel"] if tag == "f32" else TARGETS["bf16_ppl_rel"])
+        del model
+        torch.cuda.empty_cache()
+    res["original"] = out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +567,14 @@ def main(argv=None):
             log(traceback.format_exc())
             results["kernels"] = {"error": traceback.format_exc()}
     t0 = time.time()
+    if "original" in man:
+        log("== original model (plain transformers)")
+        res = results["cases"].setdefault("original", {})
+        try:
+            run_original(log, man, a.root, a.device, res)
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+            res["original"] = {"error": traceback.format_exc()}
     for case in man["cases"]:
         log(f"== {case['name']}")
         res = results["cases"].setdefault(case["name"], {})
