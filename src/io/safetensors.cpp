@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -180,12 +183,15 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
     path_ = std::move(o.path_);
     map_ = o.map_;
     size_ = o.size_;
+    fd_ = o.fd_;
+    owned_ = std::move(o.owned_);  // a moved vector keeps its buffer: map_ stays valid
     header_len_ = o.header_len_;
     tensors_ = std::move(o.tensors_);
     by_name_ = std::move(o.by_name_);
     metadata_ = std::move(o.metadata_);
     o.map_ = nullptr;
     o.size_ = 0;
+    o.fd_ = -1;
   }
   return *this;
 }
@@ -193,15 +199,21 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
 SafetensorsFile::~SafetensorsFile() { release(); }
 
 void SafetensorsFile::release() noexcept {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
+  if (map_ && owned_.empty()) ::munmap(const_cast<uint8_t*>(map_), size_);
+  if (fd_ >= 0) ::close(fd_);
+  owned_.clear();
+  owned_.shrink_to_fit();
   map_ = nullptr;
   size_ = 0;
+  fd_ = -1;
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) must not block; it is refused below as not a
+  // regular file. The flag has no effect on reads of regular files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     throw Error(ErrorKind::kIo, "cannot open file: " + errno_str(errno), path,
                 "check that the path exists and is readable");
@@ -225,10 +237,36 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   }
   void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   int map_errno = errno;
-  ::close(fd);
-  if (m == MAP_FAILED) throw Error(ErrorKind::kIo, "mmap failed: " + errno_str(map_errno), path);
+  if (m == MAP_FAILED) {
+    ::close(fd);
+    throw Error(ErrorKind::kIo, "mmap failed: " + errno_str(map_errno), path);
+  }
   f.map_ = static_cast<const uint8_t*>(m);
   f.size_ = size;
+  f.fd_ = fd;  // kept: tensor reads use pread and re-check the file size (see read_f32 / data)
+  f.parse();
+  return f;
+}
+
+SafetensorsFile SafetensorsFile::from_bytes(std::string name, std::vector<uint8_t> bytes) {
+  SafetensorsFile f;
+  f.path_ = std::move(name);
+  if (bytes.size() < 8)
+    throw Error(ErrorKind::kInput,
+                "file is " + std::to_string(bytes.size()) +
+                    " bytes, shorter than the 8-byte header length prefix (truncated?)",
+                f.path_ + ": header length");
+  f.owned_ = std::move(bytes);
+  f.map_ = f.owned_.data();
+  f.size_ = f.owned_.size();
+  f.parse();
+  return f;
+}
+
+void SafetensorsFile::parse() {
+  SafetensorsFile& f = *this;
+  const std::string& path = path_;
+  const uint64_t size = size_;
 
   // u64 little-endian header length
   uint64_t n = 0;
@@ -319,7 +357,6 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                   data_len - covered_end);
 
   for (size_t i = 0; i < f.tensors_.size(); ++i) f.by_name_.emplace(f.tensors_[i].name, i);
-  return f;
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
@@ -327,8 +364,38 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
+namespace {
+// Test hook (see safetensors.h): FP4Q_TEST_STOP_AT_READ=N stops the process with SIGSTOP right
+// before its N-th tensor access (read_f32 or data(), counted over all files, 1-based).
+void test_stop_hook() {
+  static const long stop_at = [] {
+    const char* e = std::getenv("FP4Q_TEST_STOP_AT_READ");
+    return e ? std::atol(e) : 0L;
+  }();
+  if (stop_at <= 0) return;
+  static std::atomic<long> reads{0};
+  if (++reads == stop_at) ::raise(SIGSTOP);
+}
+}  // namespace
+
+void SafetensorsFile::check_unchanged(const TensorInfo& info) const {
+  if (fd_ < 0) return;  // in memory: nothing can change
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0)
+    throw Error(ErrorKind::kIo, "cannot stat file: " + errno_str(errno), path_);
+  const uint64_t need = 8 + header_len_ + info.offset + info.nbytes;
+  if (static_cast<uint64_t>(st.st_size) < need)
+    throw Error(ErrorKind::kIo,
+                "the file shrank from " + std::to_string(size_) + " to " +
+                    std::to_string(st.st_size) + " bytes while fp4q was running; tensor '" +
+                    info.name + "' needs bytes up to " + std::to_string(need),
+                path_, "the file was truncated or replaced during the run; restore it and rerun");
+}
+
 const uint8_t* SafetensorsFile::data(const TensorInfo& info) const {
   FP4Q_ASSERT(map_ != nullptr && info.offset + info.nbytes <= size_ - 8 - header_len_);
+  test_stop_hook();
+  check_unchanged(info);
   return map_ + 8 + header_len_ + info.offset;
 }
 
@@ -338,9 +405,61 @@ std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
   return read_f32(*t);
 }
 
+namespace {
+// pread(2) of exactly n bytes at `off`; Error(kIo) naming the file on an OS error (EIO: an
+// unreadable disk block) or when the file ends early (truncated while fp4q was running).
+void pread_all(int fd, void* buf, uint64_t n, uint64_t off, const std::string& path,
+               const std::string& where) {
+  uint8_t* p = static_cast<uint8_t*>(buf);
+  while (n > 0) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(n, 1u << 30));
+    const ssize_t r = ::pread(fd, p, chunk, static_cast<off_t>(off));
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      throw Error(ErrorKind::kIo, "read failed: " + errno_str(errno), where,
+                  "the file " + path + " cannot be read (disk error?)");
+    }
+    if (r == 0)
+      throw Error(ErrorKind::kIo,
+                  "the file ends at byte " + std::to_string(off) +
+                      ", before the end of the tensor: it was truncated or replaced while fp4q "
+                      "was running",
+                  where, "restore " + path + " and rerun");
+    p += r;
+    off += static_cast<uint64_t>(r);
+    n -= static_cast<uint64_t>(r);
+  }
+}
+}  // namespace
+
 std::vector<float> SafetensorsFile::read_f32(const TensorInfo& info) const {
+  const std::string where = tensor_where(path_, info.name);
+  if (!is_float_dtype(info.dtype)) {
+    convert_to_f32(info.dtype, nullptr, 0, nullptr, where);  // throws the dtype error
+  }
+  FP4Q_ASSERT(map_ != nullptr && info.offset + info.nbytes <= size_ - 8 - header_len_);
+  test_stop_hook();
   std::vector<float> out(static_cast<size_t>(info.numel()));
-  convert_to_f32(info.dtype, data(info), info.numel(), out.data(), tensor_where(path_, info.name));
+  if (fd_ < 0) {
+    convert_to_f32(info.dtype, map_ + 8 + header_len_ + info.offset, info.numel(), out.data(),
+                   where);
+    return out;
+  }
+  // From the file with pread, not through the mapping: a file truncated (or a disk block that
+  // became unreadable) after open() then gives an Error(kIo) instead of SIGBUS.
+  const uint64_t base = 8 + header_len_ + info.offset;
+  if (info.dtype == DType::kF32) {
+    pread_all(fd_, out.data(), info.nbytes, base, path_, where);
+    return out;
+  }
+  constexpr int64_t kChunk = 1 << 20;  // elements per pread for 2-byte dtypes
+  std::vector<uint8_t> buf(static_cast<size_t>(std::min<int64_t>(info.numel(), kChunk) * 2));
+  for (int64_t lo = 0; lo < info.numel(); lo += kChunk) {
+    const int64_t cnt = std::min<int64_t>(kChunk, info.numel() - lo);
+    pread_all(fd_, buf.data(), static_cast<uint64_t>(cnt) * 2, base + static_cast<uint64_t>(lo) * 2,
+              path_, where);
+    convert_to_f32(info.dtype, buf.data(), cnt, out.data() + lo, where);
+  }
   return out;
 }
 

@@ -265,19 +265,24 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where, bool
   return c;
 }
 
+ModelConfig ModelConfig::parse(const std::string& text, const std::string& where,
+                               bool allow_quantized) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(ErrorKind::kInput, std::string("invalid JSON: ") + e.what(), where);
+  }
+  return from_json(j, where, allow_quantized);
+}
+
 ModelConfig ModelConfig::load(const std::string& dir, bool allow_quantized) {
   std::string path = dir + "/config.json";
   std::ifstream f(path);
   if (!f) throw Error(ErrorKind::kIo, "cannot open file", path, "is this a Hugging Face model directory?");
   std::stringstream ss;
   ss << f.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw Error(ErrorKind::kInput, std::string("invalid JSON: ") + e.what(), path);
-  }
-  return from_json(j, path, allow_quantized);
+  return parse(ss.str(), path, allow_quantized);
 }
 
 }  // namespace fp4q::model

@@ -1791,14 +1791,18 @@ class Loader {
   std::string path_;
 };
 
-json read_json(const std::string& path) {
+std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error(ErrorKind::kIo, std::string("cannot open file: ") + std::strerror(errno), path);
   std::ostringstream ss;
   ss << f.rdbuf();
   if (f.bad()) throw Error(ErrorKind::kIo, "read failed", path);
+  return ss.str();
+}
+
+json parse_json(const std::string& text, const std::string& path) {
   try {
-    return json::parse(ss.str());
+    return json::parse(text);
   } catch (const json::parse_error& e) {
     throw Error(ErrorKind::kInput, std::string("not valid JSON: ") + e.what(), path);
   }
@@ -1811,15 +1815,31 @@ json read_json(const std::string& path) {
 // Public API.
 
 Tokenizer Tokenizer::from_file(const std::string& tokenizer_json, const std::string& tokenizer_config_json) {
+  const std::string text = detail::read_text(tokenizer_json);
+  const std::string config = tokenizer_config_json.empty() ? std::string()
+                                                           : detail::read_text(tokenizer_config_json);
+  if (!tokenizer_config_json.empty() && config.empty())
+    throw Error(ErrorKind::kInput, "not valid JSON: the file is empty", tokenizer_config_json);
+  return from_json_text(text, config, tokenizer_json, tokenizer_config_json);
+}
+
+Tokenizer Tokenizer::from_json_text(const std::string& tokenizer_json_text,
+                                    const std::string& config_text, const std::string& name) {
+  return from_json_text(tokenizer_json_text, config_text, name, "tokenizer_config.json");
+}
+
+Tokenizer Tokenizer::from_json_text(const std::string& tokenizer_json_text,
+                                    const std::string& config_text, const std::string& name,
+                                    const std::string& config_name) {
   auto impl = std::make_shared<detail::TokenizerImpl>();
-  detail::Loader loader(*impl, tokenizer_json);
+  detail::Loader loader(*impl, name);
   try {
-    loader.load(detail::read_json(tokenizer_json));
-    if (!tokenizer_config_json.empty())
-      loader.config(detail::read_json(tokenizer_config_json), tokenizer_config_json);
+    loader.load(detail::parse_json(tokenizer_json_text, name));
+    if (!config_text.empty())
+      loader.config(detail::parse_json(config_text, config_name), config_name);
   } catch (const detail::json::exception& e) {
     // A field of an unexpected JSON type that the explicit checks above did not catch.
-    throw Error(ErrorKind::kInput, std::string("unexpected JSON structure: ") + e.what(), tokenizer_json,
+    throw Error(ErrorKind::kInput, std::string("unexpected JSON structure: ") + e.what(), name,
                 detail::kHintIds);
   }
   loader.finish();

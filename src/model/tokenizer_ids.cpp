@@ -127,8 +127,11 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
   std::ostringstream ss;
   ss << f.rdbuf();
   if (f.bad()) throw Error(ErrorKind::kIo, "read failed", path);
-  const std::string text = ss.str();
-  return IdParser(path, text).parse();
+  return parse_token_ids(ss.str(), path);
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& where) {
+  return IdParser(where, text).parse();
 }
 
 }  // namespace fp4q::model

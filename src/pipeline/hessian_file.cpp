@@ -1,5 +1,6 @@
 #include "fp4q/pipeline/hessian_file.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "fp4q/core/error.h"
@@ -21,11 +22,14 @@ std::string hessian_key_module(const std::string& module) {
 }
 
 HessianFile HessianFile::open(const std::string& path) {
-  auto f = io::SafetensorsFile::open(path);
+  return from_safetensors(io::SafetensorsFile::open(path));
+}
+
+HessianFile HessianFile::from_safetensors(io::SafetensorsFile f) {
   const auto& md = f.metadata();
   if (!md.contains("format") || md["format"] != "fp4q-hessians")
     throw Error(ErrorKind::kInput, "not an fp4q Hessian file (__metadata__.format != \"fp4q-hessians\")",
-                path, "create one with `fp4q hessians MODEL OUT.safetensors`");
+                f.path(), "create one with `fp4q hessians MODEL OUT.safetensors`");
   return HessianFile(std::move(f));
 }
 
@@ -43,8 +47,25 @@ std::vector<float> HessianFile::read(const std::string& module, int64_t in, int6
     throw Error(ErrorKind::kInput, "expected I64 [1]", f_.path() + ": " + n->name);
   int64_t cnt;
   std::memcpy(&cnt, f_.data(*n), 8);
+  if (cnt <= 0)
+    throw Error(ErrorKind::kInput, "sample count is " + std::to_string(cnt) + ", expected >= 1",
+                f_.path() + ": " + n->name, "the file is corrupt; recreate it with `fp4q hessians`");
   if (samples) *samples = cnt;
-  return f_.read_f32(*h);
+  std::vector<float> H = f_.read_f32(*h);
+  // H = 2/N · Σ x xᵀ: finite, with a non-negative diagonal. Anything else is a corrupt file,
+  // reported here by name rather than as a numerical failure of the layer's solve.
+  for (int64_t i = 0; i < in; ++i)
+    for (int64_t j = 0; j < in; ++j) {
+      const float v = H[static_cast<size_t>(i * in + j)];
+      if (!std::isfinite(v) || (i == j && v < 0.0f))
+        throw Error(ErrorKind::kInput,
+                    "entry [" + std::to_string(i) + ", " + std::to_string(j) + "] is " +
+                        std::to_string(v) + (i == j ? " (a diagonal entry must be finite and >= 0)"
+                                                    : " (must be finite)"),
+                    f_.path() + ": " + h->name,
+                    "the file is corrupt; recreate it with `fp4q hessians`");
+    }
+  return H;
 }
 
 }  // namespace fp4q::pipeline

@@ -54,6 +54,9 @@ class SafetensorsFile {
   // Opens, maps and validates `path`. Throws Error(kIo) if it cannot be opened/mapped,
   // Error(kInput) if the content is malformed.
   static SafetensorsFile open(const std::string& path);
+  // The same parser and validation over an in-memory copy of a file; `name` stands for the path
+  // in errors. For tests and fuzzing (tests/fuzz).
+  static SafetensorsFile from_bytes(std::string name, std::vector<uint8_t> bytes);
 
   SafetensorsFile(SafetensorsFile&& o) noexcept;
   SafetensorsFile& operator=(SafetensorsFile&& o) noexcept;
@@ -72,19 +75,32 @@ class SafetensorsFile {
   uint64_t header_size() const { return header_len_; }  // N (includes padding)
 
   // Raw little-endian bytes of a tensor of this file (info.nbytes bytes; not aligned in
-  // general — use memcpy). `info` must come from tensors()/find() of this file.
+  // general — use memcpy). `info` must come from tensors()/find() of this file. Throws
+  // Error(kIo) when the file has shrunk below the tensor's end since open() (truncated or
+  // replaced during the run), instead of letting the access raise SIGBUS.
   const uint8_t* data(const TensorInfo& info) const;
   // Copies a F32/F16/BF16 tensor to float32 (exact conversion), row-major, numel() values.
-  // Throws Error(kInput) naming file and tensor for other dtypes or an unknown name.
+  // Throws Error(kInput) naming file and tensor for other dtypes or an unknown name. Reads a
+  // file with pread(2): a file truncated or unreadable (EIO) since open() gives Error(kIo)
+  // naming it.
+  //
+  // Test hook (fault-injection tests only): with the environment variable
+  // FP4Q_TEST_STOP_AT_READ=N the process stops itself with SIGSTOP right before its N-th tensor
+  // access (read_f32 or data(), counted over all files), so a test can change an input file
+  // "mid-run" deterministically and then send SIGCONT. Unset, it costs one getenv per process.
   std::vector<float> read_f32(const std::string& name) const;
   std::vector<float> read_f32(const TensorInfo& info) const;
 
  private:
   SafetensorsFile() = default;
+  void parse();  // validates map_[0, size_) and fills tensors_ / by_name_ / metadata_
+  void check_unchanged(const TensorInfo& info) const;  // Error(kIo) if the file shrank
   void release() noexcept;
   std::string path_;
-  const uint8_t* map_ = nullptr;  // whole file, PROT_READ
+  const uint8_t* map_ = nullptr;  // whole file, PROT_READ (or owned_.data())
   uint64_t size_ = 0;
+  int fd_ = -1;                   // open() keeps the file open for pread / fstat; -1 in memory
+  std::vector<uint8_t> owned_;    // from_bytes: the bytes map_ points into
   uint64_t header_len_ = 0;
   std::vector<TensorInfo> tensors_;
   std::unordered_map<std::string, size_t> by_name_;

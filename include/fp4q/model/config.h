@@ -73,6 +73,9 @@ struct ModelConfig {
   // eval); otherwise such a config is an input error.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& where,
                                bool allow_quantized = false);
+  // Parses the text of a config.json (Error(kInput) naming `where` when it is not JSON).
+  static ModelConfig parse(const std::string& text, const std::string& where,
+                           bool allow_quantized = false);
   // Reads and parses <dir>/config.json (Error(kIo) when unreadable, kInput when malformed).
   static ModelConfig load(const std::string& dir, bool allow_quantized = false);
 };

@@ -54,6 +54,11 @@ class Tokenizer {
   // tokenizer_config_json may be empty (no config).
   static Tokenizer from_file(const std::string& tokenizer_json,
                              const std::string& tokenizer_config_json = {});
+  // The same from the texts of the two files (config_text empty = no tokenizer_config.json);
+  // `name` stands for the tokenizer.json path in errors. For tests and fuzzing.
+  static Tokenizer from_json_text(const std::string& tokenizer_json_text,
+                                  const std::string& config_text = {},
+                                  const std::string& name = "tokenizer.json");
 
   // Token ids of `text` (UTF-8), like tokenizers' `encode(text, add_special_tokens).ids`.
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens = true) const;
@@ -71,6 +76,9 @@ class Tokenizer {
 
  private:
   explicit Tokenizer(std::shared_ptr<const detail::TokenizerImpl> impl) : impl_(std::move(impl)) {}
+  static Tokenizer from_json_text(const std::string& tokenizer_json_text,
+                                  const std::string& config_text, const std::string& name,
+                                  const std::string& config_name);
   std::shared_ptr<const detail::TokenizerImpl> impl_;
 };
 
@@ -81,6 +89,8 @@ class Tokenizer {
 // Ids must be integers in [0, 2^31). Errors (kIo for unreadable files, kInput otherwise) name the
 // file and the 1-based line. A file without any id is an error.
 std::vector<int32_t> read_token_ids(const std::string& path);
+// The same parser over the text of such a file; `where` stands for the path in errors.
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& where);
 
 namespace detail {
 

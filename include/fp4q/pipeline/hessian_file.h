@@ -20,8 +20,11 @@ namespace fp4q::pipeline {
 class HessianFile {
  public:
   static HessianFile open(const std::string& path);
+  // The same checks on an already parsed file (e.g. io::SafetensorsFile::from_bytes, fuzzing).
+  static HessianFile from_safetensors(io::SafetensorsFile f);
   // H [in x in] for the module (or its group's first module); throws Error(kInput) naming the
-  // file and module when missing or of the wrong shape. *samples receives N.
+  // file and module when missing, of the wrong shape, with a sample count N < 1 or with a
+  // non-finite entry or negative diagonal. *samples receives N.
   std::vector<float> read(const std::string& module, int64_t in, int64_t* samples) const;
 
  private:
