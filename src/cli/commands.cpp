@@ -127,7 +127,7 @@ void add_quantize(CLI::App& app) {
   c->add_option("-f,--format", a->format, "Target format: " + format_names())->capture_default_str();
   c->add_option("-m,--method", a->method, "rtn | gptq | mr-gptq")->capture_default_str();
   c->add_option("--hadamard", a->hadamard, "Rotation block 0|16|32|64|128 (default: 16 nvfp4 / 32 mxfp4 for mr-gptq, 0 otherwise)");
-  c->add_option("--scales", a->scales, "absmax | mse (default: mse for mr-gptq, absmax otherwise)");
+  c->add_option("--scales", a->scales, "absmax | mse (default: mse for mr-gptq, absmax otherwise); ablations: mse-absgs (no NVFP4 global-scale search), fpquant (FP-Quant's L2.4 observer), mse-hess (diag(H)-weighted)");
   c->add_option("--act-order", a->act_order, "static | none")->capture_default_str();
   c->add_option("--damp", a->damp, "Relative Hessian damping")->capture_default_str();
   c->add_option("--ignore", a->ignore, "Keep Linears whose module name matches this regex (repeatable)");
@@ -190,16 +190,17 @@ void add_formats(CLI::App& app) {
     nlohmann::json j = nlohmann::json::array();
     std::ostringstream s;
     char line[256];
-    std::snprintf(line, sizeof line, "%-7s %-5s %-5s %6s %7s %9s  %s\n", "name", "elem", "scale",
+    std::snprintf(line, sizeof line, "%-9s %-5s %-5s %6s %7s %9s  %s\n", "name", "elem", "scale",
                   "group", "bits/w", "mr-gptq", "description");
     s << line;
     for (const auto& f : format::all_formats()) {
       const char* elem = f.element == format::ElementType::kE2M1 ? "e2m1" : "int4";
-      const char* scale = f.scale == format::ScaleType::kE4M3 ? "e4m3" : f.scale == format::ScaleType::kE8M0 ? "e8m0" : "f16";
+      const char* scale = f.scale == format::ScaleType::kE4M3 ? "e4m3" : f.scale == format::ScaleType::kE8M0 ? "e8m0"
+                        : f.scale == format::ScaleType::kLog8 ? "log8" : "f16";
       j.push_back({{"name", f.name}, {"element", elem}, {"scale", scale}, {"group_size", f.group_size},
                    {"global_scale", f.has_global_scale}, {"bits_per_weight", f.bits_per_weight},
                    {"default_hadamard", f.default_hadamard}, {"description", f.description}});
-      std::snprintf(line, sizeof line, "%-7s %-5s %-5s %6d %7.2f %9s  %s\n", f.name, elem, scale,
+      std::snprintf(line, sizeof line, "%-9s %-5s %-5s %6d %7.2f %9s  %s\n", f.name, elem, scale,
                     f.group_size, f.bits_per_weight,
                     f.default_hadamard ? ("had" + std::to_string(f.default_hadamard)).c_str() : "-",
                     f.description);

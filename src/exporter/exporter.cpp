@@ -87,12 +87,22 @@ const char* ct_format_name(format::FormatId f) {
     case format::FormatId::kNVFP4: return "nvfp4-pack-quantized";
     case format::FormatId::kMXFP4: return "mxfp4-pack-quantized";
     case format::FormatId::kINT4: return "pack-quantized";
+    case format::FormatId::kMXFP4Fit: break;  // refused by check_combination
   }
   return "?";
 }
 
 void check_combination(const QuantizedModelInfo& info, ExportKind kind) {
   const bool fpq = kind == ExportKind::kFpQuantReal || kind == ExportKind::kFpQuantPseudo;
+  if (info.format == format::FormatId::kMXFP4Fit) {
+    if (kind != ExportKind::kDequant)
+      throw Error(ErrorKind::kUsage,
+                  "mxfp4-fit (MXFP4 with per-tensor fitted scales) has no runtime layout: no runtime reads it",
+                  "--export", "use --export dequant (plain weights; evaluate with fp4q eval)");
+    if (info.activations == Activations::kFp4)
+      throw Error(ErrorKind::kUsage, "mxfp4-fit is weight-only here (its dequant export cannot carry FP4 activations)",
+                  "--activations", "use --activations none with mxfp4-fit");
+  }
   if (fpq && info.format == format::FormatId::kINT4)
     throw Error(ErrorKind::kUsage, "the fp-quant layout has no INT4 format (nvfp4/mxfp4 only)",
                 "--export", "use --export compressed-tensors (pack-quantized) or dequant for int4");
@@ -381,6 +391,7 @@ void Exporter::Impl::validate(const QuantizedLinear& ql) const {
       case format::FormatId::kNVFP4: ok = c <= 0x7e; break;   // finite, non-negative E4M3
       case format::FormatId::kMXFP4: ok = c <= 0xfe; break;   // E8M0, 0xff = NaN
       case format::FormatId::kINT4: ok = c <= 0x7bff; break;  // finite, non-negative F16
+      case format::FormatId::kMXFP4Fit: ok = c <= 0xff; break;  // 8-bit code of the tensor's grid
     }
     if (!ok) fail("scale code 0x" + [&] { std::ostringstream o; o << std::hex << c; return o.str(); }() +
                   " at group " + std::to_string(i) + " is NaN, infinite or negative");
@@ -388,8 +399,13 @@ void Exporter::Impl::validate(const QuantizedLinear& ql) const {
   const float gs = info.format == format::FormatId::kNVFP4 ? q.scales.global_scale : 1.0f;
   if (info.format == format::FormatId::kNVFP4 && !(std::isfinite(gs) && gs > 0.0f))
     fail("weight global scale " + f2s(gs) + " is not finite and > 0");
-  const auto vals = scale_values_from_codes(info.format, q.scales.codes.data(),
-                                            q.scales.codes.size(), gs);
+  std::vector<float> vals;
+  if (info.format == format::FormatId::kMXFP4Fit) {
+    if (q.scales.fit_steps < 1) fail("mxfp4-fit scales without a fitted grid (fit_steps < 1)");
+    for (uint16_t c : q.scales.codes) vals.push_back(format::fit_scale_value(c, q.scales.fit_beta, q.scales.fit_steps));
+  } else {
+    vals = scale_values_from_codes(info.format, q.scales.codes.data(), q.scales.codes.size(), gs);
+  }
   for (size_t i = 0; i < vals.size(); ++i)
     if (float_to_bits(vals[i]) != float_to_bits(q.scales.values[i]))
       throw Error(ErrorKind::kInternal,
@@ -488,6 +504,8 @@ void Exporter::Impl::write_ct(const QuantizedLinear& ql) {
       add_raw(n + ".weight_shape", io::DType::kI64, {2}, shape, sizeof(shape));
       break;
     }
+    case format::FormatId::kMXFP4Fit:
+      throw Error(ErrorKind::kInternal, "mxfp4-fit reached the compressed-tensors writer", n);
   }
   if (h != 0)
     add_raw(n + ".v_input.weight", io::DType::kF32, {h, h}, ct_matrix.data(), ct_matrix.size());

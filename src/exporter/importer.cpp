@@ -100,6 +100,7 @@ void check_scale_codes(format::FormatId id, const std::vector<uint16_t>& c, cons
       case format::FormatId::kNVFP4: ok = (c[i] & 0x7f) != 0x7f && (c[i] & 0x80) == 0; break;
       case format::FormatId::kMXFP4: ok = c[i] != 0xff; break;
       case format::FormatId::kINT4: ok = c[i] <= 0x7bff; break;
+      case format::FormatId::kMXFP4Fit: ok = false; break;  // never written to a readable layout
     }
     if (!ok) {
       std::ostringstream o;

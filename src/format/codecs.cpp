@@ -95,8 +95,20 @@ float scale_value(FormatId id, uint16_t code, float global_scale) {
     case FormatId::kNVFP4: return e4m3_decode(static_cast<uint8_t>(code)) / global_scale;
     case FormatId::kMXFP4: return e8m0_decode(static_cast<uint8_t>(code));
     case FormatId::kINT4: return f16_to_float(code);
+    case FormatId::kMXFP4Fit:
+      throw Error(ErrorKind::kInternal, "mxfp4-fit scale values depend on the tensor's grid: use fit_scale_value");
   }
   throw Error(ErrorKind::kInternal, "unknown format id " + std::to_string(static_cast<int>(id)));
+}
+
+float fit_scale_value(uint16_t code, int fit_beta, int fit_steps) {
+  if (code == 0) return 0.0f;
+  if (code > 255 || fit_steps < 1)
+    throw Error(ErrorKind::kInternal, "mxfp4-fit scale code " + std::to_string(code) + " / steps " +
+                                          std::to_string(fit_steps) + " out of range");
+  // (code-1)/steps is exact in double for a multiple of steps, so powers of two are exact.
+  const double e = static_cast<double>(fit_beta) + static_cast<double>(code - 1) / fit_steps;
+  return static_cast<float>(std::exp2(e));
 }
 
 int mxfp4_absmax_exponent(float amax) {

@@ -4,6 +4,7 @@
 // Stored scale codes (GroupScales::codes, see format.h):
 //   NVFP4: FP8 E4M3fn byte S of (group scale * global_scale), 0x00..0x7e (never NaN 0x7f).
 //   MXFP4: E8M0 byte e + 127 of the power of two 2^e, 0x00..0xfe.
+//   MXFP4-fit: code q in 1..255 of s = 2^(fit_beta + (q-1)/fit_steps) (format.h), 0 = zero group.
 //   INT4 : IEEE binary16 bits of the positive scale, 0x0000..0x7bff (never Inf/NaN).
 // A zero group scale (all-zero group, or a scale that underflows the scale type) is code 0 with
 // value 0: its elements quantize to code 0 and dequantize to exact zeros.
@@ -18,6 +19,8 @@
 //          code 0 excluded unless the absmax scale itself is zero (~20 codes).
 //   MXFP4: exponents e_abs - 3 .. e_abs + 1 (clamped to [-127, 127]); 2^(e_abs-3) is below the
 //          smallest rounded reference candidate mxfp4_absmax_exponent(0.208 * amax).
+//   MXFP4-fit: every code of the tensor's fitted grid with scale in [2^(e_abs-4), 2^(e_abs+1)]
+//          (e_abs = mxfp4_absmax_exponent(amax)); contains MXFP4's five candidates exactly.
 //   INT4 : f16(amax/7.5 * f) for f in {float(1 - i*0.8/100), i = 0..99} (the reference grid),
 //          f = 1 + j*0.008 (j = 1..9) and f = 7.5/7 (group max maps exactly to 7).
 // NVFP4 without a fixed global scale additionally searches the global scale among the bf16
@@ -65,8 +68,18 @@ float group_amax(const float* x, int g) {
 // element order. E2M1 variant: takes ax = |x| (x_hat has the sign of x, so |x - x_hat| =
 // | |x| - |x_hat| |); detail::e2m1_magnitude (same thresholds as e2m1_index, no table lookup)
 // keeps the loop vectorizable.
-double e2m1_group_error(const float* ax, int g, float s) {
+// cw (optional, kMseHess): per-element weights c_j >= 0 of the group; the error is then
+// sum_j c_j (x_j - x_hat_j)^2 (each term c_j * diff * diff in double).
+double e2m1_group_error(const float* ax, int g, float s, const float* cw = nullptr) {
   double e = 0.0;
+  if (cw) {
+    for (int j = 0; j < g; ++j) {
+      const float m = detail::e2m1_magnitude(ax[j] / s);
+      const double diff = static_cast<double>(ax[j]) - static_cast<double>(m * s);
+      e += static_cast<double>(cw[j]) * diff * diff;
+    }
+    return e;
+  }
   for (int j = 0; j < g; ++j) {
     const float v = ax[j] / s;
     const float m = detail::e2m1_magnitude(v);
@@ -76,21 +89,32 @@ double e2m1_group_error(const float* ax, int g, float s) {
   return e;
 }
 
-double int4_group_error(const float* x, int g, float s) {
+double int4_group_error(const float* x, int g, float s, const float* cw = nullptr) {
   double e = 0.0;
   float d;
   for (int j = 0; j < g; ++j) {
     detail::int4_quant(x[j], s, &d);
     const double diff = static_cast<double>(x[j]) - static_cast<double>(d);
-    e += diff * diff;
+    e += cw ? static_cast<double>(cw[j]) * diff * diff : diff * diff;
   }
   return e;
 }
 
-double zero_scale_error(const float* x, int g) {
+double zero_scale_error(const float* x, int g, const float* cw = nullptr) {
   double e = 0.0;
-  for (int j = 0; j < g; ++j) e += static_cast<double>(x[j]) * x[j];
+  for (int j = 0; j < g; ++j) {
+    const double d = static_cast<double>(x[j]);
+    e += cw ? static_cast<double>(cw[j]) * d * d : d * d;
+  }
   return e;
+}
+
+// Weight of the group's largest-magnitude element (first one on ties; 1 without weights).
+double amax_weight(const float* x, int g, float amax, const float* cw) {
+  if (!cw) return 1.0;
+  for (int j = 0; j < g; ++j)
+    if (std::fabs(x[j]) == amax) return cw[j];
+  return 0.0;
 }
 
 // Exact lower bound of a group's error at scale s from its largest-magnitude element alone:
@@ -99,10 +123,10 @@ double zero_scale_error(const float* x, int g) {
 // sums of non-negative terms). Non-decreasing as s decreases, so a descending candidate scan may
 // stop as soon as the bound reaches the best error (strict improvement is then impossible):
 // pruning never changes the result.
-double clip_lower_bound(float amax, float top) {
+double clip_lower_bound(float amax, float top, double c = 1.0) {
   if (!(amax > top)) return 0.0;
   const double d = static_cast<double>(amax) - static_cast<double>(top);
-  return d * d;
+  return c == 1.0 ? d * d : c * d * d;
 }
 
 // Keeps the better of `best` and candidate (code, value, err); candidates arrive in descending
@@ -119,7 +143,7 @@ uint8_t nv_absmax_code(float amax, float gs) {
   return e4m3_encode(std::min((amax / 6.0f) * gs, 448.0f));
 }
 
-Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor) {
+Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor, const float* cw = nullptr) {
   const float amax = group_amax(x, g);
   const uint8_t c0 = nv_absmax_code(amax, gs);
   const float v0 = e4m3_decode(c0) / gs;
@@ -130,6 +154,7 @@ Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor
   if (amax == 0.0f) return {0, 0.0f, 0.0};
   float ax[64];
   for (int j = 0; j < g; ++j) ax[j] = std::fabs(x[j]);
+  const double cmax = amax_weight(x, g, amax, cw);
   const float s_gs = (amax / 6.0f) * gs;
   const int hi = std::min<int>(c0 + 1, 0x7e);
   const int lo = std::max<int>(1, e4m3_encode(std::min(lo_factor * s_gs, 448.0f)));
@@ -138,27 +163,70 @@ Choice nv_choose(const float* x, int g, float gs, ScaleMethod m, float lo_factor
   for (int c = hi; c >= lo; --c) {
     const float v = e4m3_decode(static_cast<uint8_t>(c)) / gs;
     if (!(v > 0.0f)) continue;
-    if (have && clip_lower_bound(amax, 6.0f * v) >= best.err) break;
-    keep_better(static_cast<uint16_t>(c), v, e2m1_group_error(ax, g, v), &best, &have);
+    if (have && clip_lower_bound(amax, 6.0f * v, cmax) >= best.err) break;
+    keep_better(static_cast<uint16_t>(c), v, e2m1_group_error(ax, g, v, cw), &best, &have);
   }
-  if (!(v0 > 0.0f)) keep_better(0, 0.0f, zero_scale_error(x, g), &best, &have);  // absmax is 0
+  if (!(v0 > 0.0f)) keep_better(0, 0.0f, zero_scale_error(x, g, cw), &best, &have);  // absmax is 0
   return best;
 }
 
 // ---- MXFP4 ----
-Choice mx_choose(const float* x, int g, ScaleMethod m) {
+Choice mx_choose(const float* x, int g, ScaleMethod m, const float* cw = nullptr) {
   const float amax = group_amax(x, g);
   if (amax == 0.0f) return {0, 0.0f, 0.0};
   const int e0 = mxfp4_absmax_exponent(amax);
   if (m == ScaleMethod::kAbsmax) return {e8m0_encode_exponent(e0), std::ldexp(1.0f, e0), 0.0};
   float ax[64];
   for (int j = 0; j < g; ++j) ax[j] = std::fabs(x[j]);
+  const double cmax = amax_weight(x, g, amax, cw);
   Choice best;
   bool have = false;
   for (int e = std::min(e0 + 1, 127); e >= std::max(e0 - 3, -127); --e) {
     const float v = std::ldexp(1.0f, e);
-    if (have && clip_lower_bound(amax, 6.0f * v) >= best.err) break;
-    keep_better(e8m0_encode_exponent(e), v, e2m1_group_error(ax, g, v), &best, &have);
+    if (have && clip_lower_bound(amax, 6.0f * v, cmax) >= best.err) break;
+    keep_better(e8m0_encode_exponent(e), v, e2m1_group_error(ax, g, v, cw), &best, &have);
+  }
+  return best;
+}
+
+// ---- MXFP4-fit ----
+// The tensor's grid: value[q] = fit_scale_value(q, beta, steps) for q = 0..255 (value[0] = 0).
+struct FitGrid {
+  int beta = 0, steps = 0;
+  float value[256] = {};
+  // Smallest code whose value >= 2^e (codes below it are smaller), clamped to [1, 256).
+  int code_at_or_above(int e) const {
+    const int64_t q = static_cast<int64_t>(e - beta) * steps + 1;
+    return static_cast<int>(std::min<int64_t>(255, std::max<int64_t>(1, q)));
+  }
+};
+
+Choice fit_choose(const float* x, int g, ScaleMethod m, const FitGrid& fg, const float* cw = nullptr) {
+  const float amax = group_amax(x, g);
+  if (amax == 0.0f) return {0, 0.0f, 0.0};
+  if (m == ScaleMethod::kAbsmax) {
+    const double t = fg.steps * (std::log2(static_cast<double>(amax) / 6.0) - fg.beta);
+    const int q = static_cast<int>(std::min(255.0, std::max(1.0, 1.0 + std::nearbyint(t))));
+    return {static_cast<uint16_t>(q), fg.value[q], 0.0};
+  }
+  const int e0 = mxfp4_absmax_exponent(amax);
+  // [2^(e0-4), 2^(e0+1)]: contains MXFP4's MSE candidates 2^(e0-3..e0+1) (all on the grid) and
+  // the reference shrink range down to 0.208 * amax/6.
+  const int hi = fg.code_at_or_above(std::min(e0 + 1, 127));
+  const int lo = fg.code_at_or_above(std::max(e0 - 4, -127));
+  float ax[64];
+  for (int j = 0; j < g; ++j) ax[j] = std::fabs(x[j]);
+  const double cmax = amax_weight(x, g, amax, cw);
+  Choice best;
+  bool have = false;
+  for (int q = hi; q >= lo; --q) {
+    const float v = fg.value[q];
+    if (!(v > 0.0f) || !std::isfinite(v)) continue;
+    if (have && clip_lower_bound(amax, 6.0f * v, cmax) >= best.err) break;
+    keep_better(static_cast<uint16_t>(q), v, e2m1_group_error(ax, g, v, cw), &best, &have);
+  }
+  if (!have) {  // cannot happen for a finite grid; keep the absmax rule as a fallback
+    return fit_choose(x, g, ScaleMethod::kAbsmax, fg, cw);
   }
   return best;
 }
@@ -181,7 +249,7 @@ const std::vector<float>& int4_factors() {  // descending
   return kF;
 }
 
-Choice int4_choose(const float* x, int g, ScaleMethod m) {
+Choice int4_choose(const float* x, int g, ScaleMethod m, const float* cw = nullptr) {
   const float amax = group_amax(x, g);
   const float s0 = amax / 7.5f;
   const uint16_t c0 = f16_scale_code(s0);
@@ -195,6 +263,7 @@ Choice int4_choose(const float* x, int g, ScaleMethod m) {
   for (int j = 0; j < g; ++j)
     if (std::fabs(x[j]) == amax) { xm = x[j]; break; }
   const float top_mult = xm > 0.0f ? 7.0f : 8.0f;
+  const double cmax = amax_weight(x, g, amax, cw);
   Choice best;
   bool have = false;
   int last = -1;  // candidate codes are non-increasing; skip duplicates
@@ -204,24 +273,85 @@ Choice int4_choose(const float* x, int g, ScaleMethod m) {
     last = c;
     const float v = f16_to_float(c);
     if (!(v > 0.0f)) continue;
-    if (have && clip_lower_bound(amax, top_mult * v) >= best.err) break;
-    keep_better(c, v, int4_group_error(x, g, v), &best, &have);
+    if (have && clip_lower_bound(amax, top_mult * v, cmax) >= best.err) break;
+    keep_better(c, v, int4_group_error(x, g, v, cw), &best, &have);
   }
-  if (!(v0 > 0.0f)) keep_better(0, 0.0f, zero_scale_error(x, g), &best, &have);
+  if (!(v0 > 0.0f)) keep_better(0, 0.0f, zero_scale_error(x, g, cw), &best, &have);
   return best;
+}
+
+// ---- FP-Quant's observer (ScaleMethod::kFpQuant, ablation) ----
+// sum_j |x_j - x_hat_j|^2.4 with an UNROUNDED scale s (E2M1 or INT4 grid), in double.
+double lp24_group_error(FormatId id, const float* x, int g, float s) {
+  double e = 0.0;
+  for (int j = 0; j < g; ++j) {
+    float d;
+    if (id == FormatId::kINT4) {
+      detail::int4_quant(x[j], s, &d);
+    } else {
+      detail::e2m1_quant(x[j], s, &d);
+    }
+    e += std::pow(std::fabs(static_cast<double>(x[j]) - static_cast<double>(d)), 2.4);
+  }
+  return e;
+}
+
+Choice fpquant_choose(FormatId id, const float* x, int g, float gs, const FitGrid* fit) {
+  const float amax = group_amax(x, g);
+  if (amax == 0.0f) return {0, 0.0f, 0.0};
+  const float s0 = id == FormatId::kINT4 ? amax / 7.5f : amax / 6.0f;
+  float best_s = s0;
+  double best = INFINITY;
+  for (int i = 0; i < 100; ++i) {
+    const float s = static_cast<float>(1.0 - i * 0.8 / 100.0) * s0;
+    if (!(s > 0.0f)) break;
+    const double e = lp24_group_error(id, x, g, s);
+    if (e < best) {
+      best = e;
+      best_s = s;
+    }
+  }
+  Choice c;
+  switch (id) {
+    case FormatId::kNVFP4: {
+      const uint8_t code = e4m3_encode(std::min(best_s * gs, 448.0f));
+      const float v = e4m3_decode(code) / gs;
+      return v > 0.0f ? Choice{code, v, 0.0} : Choice{0, 0.0f, 0.0};
+    }
+    case FormatId::kMXFP4: {
+      const int e = mxfp4_absmax_exponent(6.0f * best_s);
+      return {e8m0_encode_exponent(e), std::ldexp(1.0f, e), 0.0};
+    }
+    case FormatId::kINT4: {
+      const uint16_t code = f16_scale_code(best_s);
+      const float v = f16_to_float(code);
+      return v > 0.0f ? Choice{code, v, 0.0} : Choice{0, 0.0f, 0.0};
+    }
+    case FormatId::kMXFP4Fit: {
+      const double t = fit->steps * (std::log2(static_cast<double>(best_s)) - fit->beta);
+      const int q = static_cast<int>(std::min(255.0, std::max(1.0, 1.0 + std::nearbyint(t))));
+      return {static_cast<uint16_t>(q), fit->value[q], 0.0};
+    }
+  }
+  return c;
 }
 
 // Fills codes/values of row r of `out`; returns the row's total squared error (MSE only).
 double choose_row(FormatId id, const float* x, int64_t groups, int g, ScaleMethod m, float gs,
-                  float lo_factor, uint16_t* codes, float* values) {
+                  float lo_factor, uint16_t* codes, float* values, const FitGrid* fit = nullptr,
+                  const float* col_w = nullptr) {
   double total = 0.0;
   for (int64_t k = 0; k < groups; ++k) {
     const float* xg = x + k * g;
+    const float* cw = col_w ? col_w + k * g : nullptr;
     Choice c;
-    switch (id) {
-      case FormatId::kNVFP4: c = nv_choose(xg, g, gs, m, lo_factor); break;
-      case FormatId::kMXFP4: c = mx_choose(xg, g, m); break;
-      case FormatId::kINT4: c = int4_choose(xg, g, m); break;
+    if (m == ScaleMethod::kFpQuant) {
+      c = fpquant_choose(id, xg, g, gs, fit);
+    } else switch (id) {
+      case FormatId::kNVFP4: c = nv_choose(xg, g, gs, m, lo_factor, cw); break;
+      case FormatId::kMXFP4: c = mx_choose(xg, g, m, cw); break;
+      case FormatId::kINT4: c = int4_choose(xg, g, m, cw); break;
+      case FormatId::kMXFP4Fit: c = fit_choose(xg, g, m, *fit, cw); break;
     }
     if (codes) codes[k] = c.code;
     if (values) values[k] = c.value;
@@ -235,7 +365,7 @@ double choose_row(FormatId id, const float* x, int64_t groups, int g, ScaleMetho
 // per-candidate totals are summed in row order (thread-count independent).
 std::vector<double> nv_total_errors(const float* w, const std::vector<int64_t>& rows_used,
                                     int64_t cols, int g, const std::vector<float>& gs,
-                                    float lo_factor) {
+                                    float lo_factor, const float* col_w) {
   const size_t n = gs.size();
   const int64_t nr = static_cast<int64_t>(rows_used.size());
   std::vector<double> row_err(static_cast<size_t>(nr) * n, 0.0);
@@ -243,7 +373,7 @@ std::vector<double> nv_total_errors(const float* w, const std::vector<int64_t>& 
     const float* x = w + rows_used[i] * cols;
     for (size_t k = 0; k < n; ++k)
       row_err[i * n + k] = choose_row(FormatId::kNVFP4, x, cols / g, g, ScaleMethod::kMse, gs[k],
-                                      lo_factor, nullptr, nullptr);
+                                      lo_factor, nullptr, nullptr, nullptr, col_w);
   });
   std::vector<double> t(n, 0.0);
   for (int64_t i = 0; i < nr; ++i)
@@ -255,7 +385,7 @@ constexpr float kFinalLo = 0.2f;   // full MSE window (below the reference's sma
 constexpr float kSearchLo = 0.5f;  // narrowed window while searching the global scale
 constexpr int64_t kSearchElems = int64_t{1} << 20;  // rows sampled for the global search
 
-float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float gs0) {
+float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float gs0, const float* col_w) {
   const uint16_t h0 = static_cast<uint16_t>(float_to_bits(gs0) >> 16);  // gs0 is bf16-exact
   const int kmax = std::min(127, static_cast<int>(h0) - 1);
   auto gs_of = [&](int k) { return bf16_to_float(static_cast<uint16_t>(h0 - k)); };
@@ -271,7 +401,7 @@ float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float 
   for (int k = 0; k <= kmax; k += 16) ks.push_back(k);
   std::vector<float> gss;
   for (int k : ks) gss.push_back(gs_of(k));
-  std::vector<double> t = nv_total_errors(w, sub, cols, g, gss, kSearchLo);
+  std::vector<double> t = nv_total_errors(w, sub, cols, g, gss, kSearchLo, col_w);
   int best = 0;
   double best_err = t[0];
   for (size_t i = 1; i < ks.size(); ++i)
@@ -283,7 +413,7 @@ float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float 
       if (k >= 0 && k <= kmax) cand.push_back(k);
     std::vector<float> cg;
     for (int k : cand) cg.push_back(gs_of(k));
-    std::vector<double> tc = nv_total_errors(w, sub, cols, g, cg, kSearchLo);
+    std::vector<double> tc = nv_total_errors(w, sub, cols, g, cg, kSearchLo, col_w);
     for (size_t i = 0; i < cand.size(); ++i)
       if (tc[i] < best_err) {
         best_err = tc[i];
@@ -293,13 +423,41 @@ float nv_search_global(const float* w, int64_t rows, int64_t cols, int g, float 
   // Final safeguard: compare the chosen gs with gs0 under the full window, keep the better
   // (ties -> gs0), so the result is never worse than per-group MSE at the absmax global scale.
   if (best != 0) {
-    std::vector<double> tf = nv_total_errors(w, all, cols, g, {gs0, gs_of(best)}, kFinalLo);
+    std::vector<double> tf = nv_total_errors(w, all, cols, g, {gs0, gs_of(best)}, kFinalLo, col_w);
     if (!(tf[1] < tf[0])) best = 0;
   }
   return gs_of(best);
 }
 
+FitGrid make_fit_grid(const float* w, int64_t rows, int64_t cols) {
+  FitGrid fg;
+  mxfp4_fit_grid(w, rows, cols, &fg.beta, &fg.steps);
+  for (int q = 0; q < 256; ++q) fg.value[q] = fit_scale_value(static_cast<uint16_t>(q), fg.beta, fg.steps);
+  return fg;
+}
+
 }  // namespace
+
+void mxfp4_fit_grid(const float* w, int64_t rows, int64_t cols, int* fit_beta, int* fit_steps) {
+  const int g = spec(FormatId::kMXFP4Fit).group_size;
+  int emin = 1000, emax = -1000;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols / g; ++k) {
+      const float amax = group_amax(w + r * cols + k * g, g);
+      if (amax == 0.0f) continue;
+      const int e0 = mxfp4_absmax_exponent(amax);
+      emin = std::min(emin, e0);
+      emax = std::max(emax, e0);
+    }
+  if (emin > emax) {  // no non-zero group
+    *fit_beta = 0;
+    *fit_steps = 1;
+    return;
+  }
+  const int lo = std::max(-127, emin - 4), hi = std::min(127, emax + 1);
+  *fit_beta = lo;
+  *fit_steps = std::max(1, 254 / std::max(1, hi - lo));
+}
 
 float nvfp4_global_scale(const float* w, int64_t n) {
   float amax = 0.0f;
@@ -317,9 +475,13 @@ float nvfp4_global_scale(const float* w, int64_t n) {
 }
 
 GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t cols,
-                          ScaleMethod method, float global_scale, const std::string& where) {
+                          ScaleMethod method, float global_scale, const std::string& where,
+                          const float* col_weights) {
   detail::check_shape(id, rows, cols, where);
   detail::check_finite(w, rows, cols, where);
+  if (method == ScaleMethod::kMseHess && !col_weights)
+    throw Error(ErrorKind::kUsage, "scale method mse-hess needs per-column weights (a Hessian)", where,
+                "use it with a GPTQ method and calibration, or use --scales mse");
   const int g = spec(id).group_size;
   FP4Q_ASSERT(g <= 64);  // per-group scratch arrays in the choosers
   GroupScales out;
@@ -336,14 +498,25 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
       gs = global_scale;
     } else {
       gs = nvfp4_global_scale(w, rows * cols);
-      if (method == ScaleMethod::kMse && rows * cols > 0)
-        gs = nv_search_global(w, rows, cols, g, gs);
+      if ((method == ScaleMethod::kMse || method == ScaleMethod::kMseHess) && rows * cols > 0)
+        gs = nv_search_global(w, rows, cols, g, gs, method == ScaleMethod::kMseHess ? col_weights : nullptr);
     }
   }
   out.global_scale = gs;
+  FitGrid fit;
+  if (id == FormatId::kMXFP4Fit) {
+    fit = make_fit_grid(w, rows, cols);
+    out.fit_beta = fit.beta;
+    out.fit_steps = fit.steps;
+  }
+  // kMseAbsGs is kMse per group (its only difference, no global-scale search, is above).
+  // kMseHess is kMse weighted by col_weights (when given).
+  const ScaleMethod per_group =
+      (method == ScaleMethod::kMseAbsGs || method == ScaleMethod::kMseHess) ? ScaleMethod::kMse : method;
+  const float* cw = method == ScaleMethod::kMseHess ? col_weights : nullptr;
   detail::for_rows(rows, cols, [&](int64_t r) {
-    choose_row(id, w + r * cols, out.groups, g, method, gs, kFinalLo,
-               out.codes.data() + r * out.groups, out.values.data() + r * out.groups);
+    choose_row(id, w + r * cols, out.groups, g, per_group, gs, kFinalLo,
+               out.codes.data() + r * out.groups, out.values.data() + r * out.groups, &fit, cw);
   });
   return out;
 }

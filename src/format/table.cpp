@@ -15,6 +15,9 @@ const std::vector<FormatSpec>& all_formats() {
        ElementType::kE2M1, ScaleType::kE8M0, 32, false, 32, 4.0 + 8.0 / 32.0, 6.0f},
       {FormatId::kINT4, "int4", "INT4: symmetric int4 elements, FP16 scale per 32",
        ElementType::kInt4, ScaleType::kF16, 32, false, 0, 4.0 + 16.0 / 32.0, 8.0f},
+      {FormatId::kMXFP4Fit, "mxfp4-fit",
+       "MXFP4 with fitted scales (MXFP4\u2020, paper App. H): E2M1, 8-bit log2-grid code per 32; dequant export only",
+       ElementType::kE2M1, ScaleType::kLog8, 32, false, 32, 4.0 + 8.0 / 32.0, 6.0f},
   };
   return kTable;
 }
@@ -38,14 +41,20 @@ FormatId parse_format(const std::string& name) {
 ScaleMethod parse_scale_method(const std::string& name) {
   if (name == "absmax") return ScaleMethod::kAbsmax;
   if (name == "mse") return ScaleMethod::kMse;
+  if (name == "mse-absgs") return ScaleMethod::kMseAbsGs;
+  if (name == "fpquant") return ScaleMethod::kFpQuant;
+  if (name == "mse-hess") return ScaleMethod::kMseHess;
   throw Error(ErrorKind::kUsage, "unknown scale method '" + name + "'", "scale method",
-              "valid methods: absmax, mse");
+              "valid methods: absmax, mse (and for ablations: mse-absgs, fpquant, mse-hess)");
 }
 
 const char* scale_method_name(ScaleMethod m) {
   switch (m) {
     case ScaleMethod::kAbsmax: return "absmax";
     case ScaleMethod::kMse: return "mse";
+    case ScaleMethod::kMseAbsGs: return "mse-absgs";
+    case ScaleMethod::kFpQuant: return "fpquant";
+    case ScaleMethod::kMseHess: return "mse-hess";
   }
   return "unknown";
 }

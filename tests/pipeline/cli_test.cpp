@@ -46,13 +46,16 @@ TEST(Cli, FormatsJsonComesFromTheTable) {
   const auto r = run("formats --json", t.path);
   ASSERT_EQ(r.code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
-  ASSERT_EQ(j.size(), 3u);
+  ASSERT_EQ(j.size(), 4u);
   EXPECT_EQ(j[0]["name"], "nvfp4");
   EXPECT_EQ(j[0]["group_size"], 16);
   EXPECT_DOUBLE_EQ(j[0]["bits_per_weight"].get<double>(), 4.5);
   EXPECT_EQ(j[1]["name"], "mxfp4");
   EXPECT_EQ(j[1]["group_size"], 32);
   EXPECT_DOUBLE_EQ(j[1]["bits_per_weight"].get<double>(), 4.25);
+  EXPECT_EQ(j[3]["name"], "mxfp4-fit");
+  EXPECT_EQ(j[3]["scale"], "log8");
+  EXPECT_DOUBLE_EQ(j[3]["bits_per_weight"].get<double>(), 4.25);
 }
 
 TEST(Cli, DryRunPrintsThePlanAndWritesNothing) {

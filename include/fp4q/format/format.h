@@ -16,6 +16,8 @@
 //             *multiplier* 2688/amax convention, rounded down to a bf16-exact float)
 //      MXFP4: values = 2^(code - 127)                        (OCP E8M0, no hidden constant)
 //      INT4 : values = f16_decode(codes)
+//      MXFP4-fit (MXFP4†): values = 2^(fit_beta + (code - 1) / fit_steps) for code 1..255
+//             (fit_scale_value; the grid is per tensor, see choose_scales), code 0 = zero group
 //    Exception: a group whose scale is zero (all-zero group, or a scale too small for the scale
 //    type) has codes = 0 AND values = 0 for every format (for MXFP4 byte 0 would decode to
 //    2^-127; values is 0 so that dequantization is exactly 0). Its element codes are all 0.
@@ -28,10 +30,15 @@
 namespace fp4q::format {
 
 // Stored in reports and on-disk metadata: values are never reused.
-enum class FormatId : int { kNVFP4 = 1, kMXFP4 = 2, kINT4 = 3 };
+enum class FormatId : int { kNVFP4 = 1, kMXFP4 = 2, kINT4 = 3, kMXFP4Fit = 4 };
 enum class ElementType : int { kE2M1 = 1, kInt4 = 2 };
-enum class ScaleType : int { kE4M3 = 1, kE8M0 = 2, kF16 = 3 };
-enum class ScaleMethod : int { kAbsmax = 1, kMse = 2 };
+// kLog8: MXFP4† (paper App. H) 8-bit code q of a per-tensor fitted log2 grid (see "mxfp4-fit").
+enum class ScaleType : int { kE4M3 = 1, kE8M0 = 2, kF16 = 3, kLog8 = 4 };
+// kMseAbsGs and kFpQuant are for ablations (issue 9): kMseAbsGs = kMse without the NVFP4
+// global-scale search (absmax global scale); kFpQuant = FP-Quant's MSE observer (see choose_scales).
+// kMseHess: kMse with each element's squared error weighted by its column's weight (choose_scales'
+// col_weights; the pipeline passes diag(H) of the rotated Hessian: a GPTQ-aware scale choice).
+enum class ScaleMethod : int { kAbsmax = 1, kMse = 2, kMseAbsGs = 3, kFpQuant = 4, kMseHess = 5 };
 
 struct FormatSpec {
   FormatId id;
@@ -50,7 +57,7 @@ const std::vector<FormatSpec>& all_formats();
 const FormatSpec& spec(FormatId id);
 // Parses a name from the table; throws fp4q::Error(kUsage) listing the valid names.
 FormatId parse_format(const std::string& name);
-ScaleMethod parse_scale_method(const std::string& name);  // "absmax" | "mse"
+ScaleMethod parse_scale_method(const std::string& name);  // absmax | mse | mse-absgs | fpquant | mse-hess
 const char* scale_method_name(ScaleMethod m);
 
 // ---- element codecs (exhaustively tested) ----
@@ -94,7 +101,26 @@ struct GroupScales {
   std::vector<uint16_t> codes;   // [rows * groups]: E4M3 byte / E8M0 byte / F16 bits
   std::vector<float> values;     // [rows * groups]: effective multiplier (see top comment)
   float global_scale = 1.0f;     // NVFP4 weight_global_scale; 1.0 for other formats
+  // MXFP4-fit only (0 otherwise): the tensor's scale grid s(q) = 2^(fit_beta + (q-1)/fit_steps),
+  // q = 1..255 (alpha = 1/fit_steps octaves per code, beta = fit_beta).
+  int fit_beta = 0;
+  int fit_steps = 0;
 };
+
+// ---- MXFP4-fit (MXFP4†, paper App. H: 8-bit scale codes, s = 2^(alpha*q + beta), alpha and
+// beta fitted per tensor; 4.25 bits/weight like MXFP4). fp4q's fit (see choose_scales):
+//   e0_g = mxfp4_absmax_exponent(amax_g) over the tensor's non-zero groups g;
+//   lo = max(-127, min_g e0_g - 4), hi = min(127, max_g e0_g + 1), R = max(hi - lo, 1);
+//   fit_steps m = max(1, floor(254 / R)), fit_beta = lo;  s(q) = 2^(lo + (q-1)/m), q = 1..255.
+// alpha = 1/m is the finest grid with an integer number of codes per octave that spans [lo, hi]:
+// every power of two 2^e, lo <= e <= hi, is a code ((e - lo)*m + 1), so every scale MXFP4 (absmax
+// or MSE) can choose for any group of the tensor is also storable, and the MSE choice over the
+// fitted codes is never worse than MXFP4's on any group. (The paper's continuous alpha =
+// (log2 s_max - log2 s_min)/255 is at most ~4 % finer; it loses that guarantee.)
+// No runtime reads this format: only `--export dequant` writes it.
+float fit_scale_value(uint16_t code, int fit_beta, int fit_steps);  // code 0 -> 0
+// The (fit_beta, fit_steps) choose_scales uses for W [rows x cols] (group size 32).
+void mxfp4_fit_grid(const float* w, int64_t rows, int64_t cols, int* fit_beta, int* fit_steps);
 
 // NVFP4 absmax global scale of a tensor: bf16_round_down(2688 / amax), amax = max |w|.
 // amax == 0 gives 1.0. Fused groups (q/k/v, gate/up) pass the min over the group to choose_scales.
@@ -103,16 +129,27 @@ float nvfp4_global_scale(const float* w, int64_t n);
 // Chooses per-group scales for W [rows x cols].
 //  kAbsmax: NVFP4 S = e4m3(min(amax_g/6 * gs, 448)); MXFP4 e = mxfp4_absmax_exponent(amax_g)
 //           (compressed-tensors' rule: the OCP floor(log2 amax_g) - 2, bumped by one when the
-//           mantissa of amax_g is >= 1.75); INT4 s = f16(amax_g / 7.5).
+//           mantissa of amax_g is >= 1.75); INT4 s = f16(amax_g / 7.5); MXFP4-fit
+//           q = clamp(1 + round(m * (log2(amax_g/6) - beta)), 1, 255) (nearest in log2).
 //  kMse:    per group, the stored scale code minimising sum (x - x_hat)^2 over the codes the
 //           format can store (never worse than kAbsmax on any group); NVFP4 additionally
 //           alternates global-scale and group-scale optimisation unless global_scale is given.
+//           MXFP4-fit searches every code whose scale lies in [2^(e0_g - 4), 2^(e0_g + 1)].
+//  kMseAbsGs: kMse with the absmax NVFP4 global scale (no global-scale search).
+//  kFpQuant: FP-Quant's observer (Quantizer.get_quantization_params, w_observer mse): per group,
+//           s0 = amax/6 (INT4 amax/7.5), candidates s = float(1 - i*0.8/100) * s0, i = 0..99,
+//           evaluated UNROUNDED with the objective sum |x - Q(x; s)|^2.4 (strict improvement,
+//           ties -> larger), then rounded to the format: NVFP4 e4m3(min(s*gs, 448)) with the
+//           absmax global scale, MXFP4 2^mxfp4_absmax_exponent(6 s), INT4 f16(s), MXFP4-fit the
+//           nearest code in log2. (Not "never worse than absmax": it is the reference's rule.)
 // global_scale > 0 fixes the NVFP4 global scale (shared by fused layers); <= 0 computes it.
 // All-zero groups get scale code 0 and value 0 (dequantize to exact zeros, never NaN).
 // Throws fp4q::Error(kNumeric) on non-finite input; `where` names the tensor.
+// col_weights [cols] (kMseHess only; nullptr = unweighted): the MSE objective and the NVFP4
+// global-scale search minimise sum_j col_weights[j] * (x_j - x_hat_j)^2 instead.
 GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t cols,
                           ScaleMethod method, float global_scale = 0.0f,
-                          const std::string& where = {});
+                          const std::string& where = {}, const float* col_weights = nullptr);
 
 // ---- whole-matrix quantization with fixed scales ----
 struct QuantizedMatrix {
