@@ -99,8 +99,30 @@ linalg::HugeBuffer<float> symmetric_copy(const float* h, int64_t n) {
 
 // tr(A·H·Aᵀ) = Σ_ij H_ij (AᵀA)_ij for a [rows x cols], h lower triangle read; g is scratch
 // [cols x cols]. Float32 ssyrk Gram, float64 combination (per-row partials summed in order).
+// When max|a| is outside [2^-40, 2^40] (e.g. bf16-subnormal weights ~1e-39, whose float32
+// products underflow to 0, or values whose squares overflow), the Gram is formed from a copy
+// scaled by an exact power of two 2^e and the trace rescaled by 2^-2e in float64.
 double hessian_trace(const float* a, int64_t rows, int64_t cols, const float* h, float* g) {
   if (rows == 0 || cols == 0) return 0.0;
+  std::vector<float> row_max(static_cast<size_t>(rows), 0.0f);
+  parallel_for_dynamic(rows, [&](long r) {
+    float m = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::fabs(a[r * cols + c]));
+    row_max[r] = m;
+  });
+  const float amax = *std::max_element(row_max.begin(), row_max.end());
+  if (!(amax > 0.0f)) return 0.0;  // A = 0 (or NaN, which validate() has excluded)
+  int e = 0;
+  linalg::HugeBuffer<float> scaled;
+  if (amax < 0x1p-40f || amax > 0x1p40f) {
+    e = -std::ilogb(amax);
+    scaled = linalg::HugeBuffer<float>(static_cast<size_t>(rows * cols));
+    parallel_for_dynamic(rows, [&](long r) {
+      for (int64_t c = 0; c < cols; ++c)
+        scaled.data()[r * cols + c] = std::ldexp(a[r * cols + c], e);
+    });
+    a = scaled.data();
+  }
   linalg::syrk_xtx_lower(cols, rows, 1.0f, a, cols, 0.0f, g, cols);
   std::vector<double> part(static_cast<size_t>(cols));
   parallel_for_dynamic(cols, [&](long i) {
@@ -112,7 +134,7 @@ double hessian_trace(const float* a, int64_t rows, int64_t cols, const float* h,
   });
   double t = 0.0;
   for (double v : part) t += v;
-  return t;
+  return std::ldexp(t, -2 * e);
 }
 
 double squared_norm(const float* a, int64_t rows, int64_t cols) {
