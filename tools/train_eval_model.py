@@ -294,7 +294,7 @@ def main(argv=None):
     mdir = os.path.join(tmp, a.name)
     model = model.to(torch.bfloat16)
     model.config.use_cache = True
-    model.save_pretrained(mdir, safe_serialization=True, max_shard_size="2GB")
+    model.save_pretrained(mdir, max_shard_size="2GB")  # safetensors (the default)
     try:
         hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
                                          model_max_length=T, clean_up_tokenization_spaces=False)
