@@ -15,6 +15,7 @@
 #include "fp4q/format/format.h"
 #include "fp4q/pipeline/act_quant.h"
 #include "fp4q/transform/hadamard.h"
+#include "run_util.h"
 
 namespace {
 
@@ -423,6 +424,35 @@ TEST(RuntimeEmulation, ParseNames) {
   EXPECT_EQ(fp4q::pipeline::parse_compute_dtype("f32"), ComputeDtype::kF32);
   EXPECT_THROW(fp4q::pipeline::parse_act_runtime("vllm-marlin"), std::exception);
   EXPECT_THROW(fp4q::pipeline::parse_compute_dtype("f16"), std::exception);
+}
+
+// The CLI: eval --runtime picks the rule (an MXFP4 W4A4 model evaluates differently under the two
+// runtimes), the default is the layout's runtime, bad names are usage errors (exit 2).
+TEST(RuntimeEmulation, EvalRuntimeOption) {
+  fp4q_test::TempDir tmp;
+  const std::string model = std::string(FP4Q_DATA_DIR) + "/models/stories260K";
+  auto q = fp4q_test::run_fp4q("-q quantize " + model + " " + (tmp / "mx") +
+                               " --format mxfp4 --method rtn --hadamard 32 --activations fp4 --samples 4 --seqlen 128");
+  ASSERT_EQ(q.code, 0) << q.out;
+  q = fp4q_test::run_fp4q("-q quantize " + model + " " + (tmp / "mxfpq") +
+                          " --format mxfp4 --method rtn --hadamard 32 --activations fp4 --samples 4 --seqlen 128"
+                          " --export fp-quant");
+  ASSERT_EQ(q.code, 0) << q.out;
+  auto ppl = [&](const std::string& dir, const std::string& extra) {
+    const auto r = fp4q_test::run_fp4q("-q eval " + dir + " --seqlen 128 --max-windows 4 " + extra, false, tmp.path());
+    EXPECT_EQ(r.code, 0) << r.err;
+    const auto at = r.out.find("ppl=");
+    return at == std::string::npos ? -1.0 : std::stod(r.out.substr(at + 4));
+  };
+  const double ct = ppl(tmp / "mx", ""), ct2 = ppl(tmp / "mx", "--runtime compressed-tensors");
+  const double fq = ppl(tmp / "mx", "--runtime fp-quant"), fq_layout = ppl(tmp / "mxfpq", "");
+  EXPECT_GT(ct, 1.0);
+  EXPECT_EQ(ct, ct2);         // the compressed-tensors layout's own runtime is the default
+  EXPECT_NE(ct, fq);          // 2^E/3 scales and ties toward zero change the result
+  EXPECT_EQ(fq, fq_layout);   // the fp-quant layout defaults to the fp-quant runtime, same weights
+  EXPECT_NEAR(fq / ct, 1.0, 0.2);
+  EXPECT_EQ(fp4q_test::run_fp4q("eval " + (tmp / "mx") + " --runtime vllm-marlin").code, 2);
+  EXPECT_EQ(fp4q_test::run_fp4q("eval " + (tmp / "mx") + " --dtype f16").code, 2);
 }
 
 }  // namespace
