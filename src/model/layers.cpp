@@ -146,11 +146,17 @@ RopeTable make_rope_table(const std::vector<float>& inv_freq, int64_t T) {
 }
 
 void apply_rope(float* x, int64_t T, int n_heads, int head_dim, int64_t ld, const RopeTable& table) {
+  apply_rope_batched(x, T, T, n_heads, head_dim, ld, table);
+}
+
+void apply_rope_batched(float* x, int64_t rows, int64_t seq_len, int n_heads, int head_dim,
+                        int64_t ld, const RopeTable& table) {
   const int half = head_dim / 2;
-  FP4Q_ASSERT(table.T >= T && table.half == half);
-  detail::par_for(static_cast<long>(T), 6.0 * n_heads * half, [&](long t) {
-    const float* c = table.cos.data() + t * half;
-    const float* s = table.sin.data() + t * half;
+  FP4Q_ASSERT(seq_len > 0 && table.T >= std::min(rows, seq_len) && table.half == half);
+  detail::par_for(static_cast<long>(rows), 6.0 * n_heads * half, [&](long t) {
+    const int64_t pos = t % seq_len;
+    const float* c = table.cos.data() + pos * half;
+    const float* s = table.sin.data() + pos * half;
     for (int h = 0; h < n_heads; ++h) {
       float* xh = x + t * ld + static_cast<int64_t>(h) * head_dim;
       for (int i = 0; i < half; ++i) {
@@ -186,7 +192,12 @@ constexpr int64_t kQueryBlock = 64;
 
 void attention(const float* q, const float* k, const float* v, int64_t T, int n_heads,
                int n_kv_heads, int head_dim, float* out) {
-  if (T <= 0) return;
+  attention_batched(q, k, v, 1, T, n_heads, n_kv_heads, head_dim, out);
+}
+
+void attention_batched(const float* q, const float* k, const float* v, int64_t n_seq, int64_t T,
+                       int n_heads, int n_kv_heads, int head_dim, float* out) {
+  if (T <= 0 || n_seq <= 0) return;
   FP4Q_ASSERT(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
   const int64_t qd = static_cast<int64_t>(n_heads) * head_dim;
   const int64_t kvd = static_cast<int64_t>(n_kv_heads) * head_dim;
@@ -194,23 +205,27 @@ void attention(const float* q, const float* k, const float* v, int64_t T, int n_
   // transformers: scaling = head_dim ** -0.5 (python double), applied to a float32 tensor.
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const int64_t nblocks = (T + kQueryBlock - 1) / kQueryBlock;
-  const long items = static_cast<long>(nblocks * n_heads);
-  const double work = 2.0 * static_cast<double>(T) * T * head_dim * n_heads;  // ~causal flops
+  const long per_seq = static_cast<long>(nblocks * n_heads);
+  const long items = per_seq * static_cast<long>(n_seq);
+  const double work = 2.0 * static_cast<double>(T) * T * head_dim * n_heads * n_seq;  // ~causal
   // Every item (query block, head) is computed by one thread with single-threaded sgemm calls in
   // a fixed order, so the result does not depend on the thread count or the schedule; dynamic
   // scheduling only balances the triangular work. Items are issued largest (last block) first.
   detail::BlasSingleThread single;
+  // Items are ordered (query block descending, sequence, head) so the largest come first.
   detail::par_for_dynamic(items, work, [&](long it) {
     thread_local std::vector<float> S;
-    const int64_t b = nblocks - 1 - it / n_heads;
+    const int64_t b = nblocks - 1 - it / (n_heads * n_seq);
+    const int64_t sq = (it / n_heads) % n_seq;
     const int h = static_cast<int>(it % n_heads);
     const int kvh = h / group;
     const int64_t r0 = b * kQueryBlock, r1 = std::min(T, r0 + kQueryBlock);
     const int64_t rows = r1 - r0, keys = r1;  // causal: rows r0..r1-1 see keys 0..r1-1
-    const float* Q = q + r0 * qd + static_cast<int64_t>(h) * head_dim;   // [rows x hd], ld qd
-    const float* K = k + static_cast<int64_t>(kvh) * head_dim;           // [keys x hd], ld kvd
-    const float* Vp = v + static_cast<int64_t>(kvh) * head_dim;          // [keys x hd], ld kvd
-    float* O = out + r0 * qd + static_cast<int64_t>(h) * head_dim;       // [rows x hd], ld qd
+    const int64_t base = sq * T;              // first row of this sequence
+    const float* Q = q + (base + r0) * qd + static_cast<int64_t>(h) * head_dim;  // [rows x hd]
+    const float* K = k + base * kvd + static_cast<int64_t>(kvh) * head_dim;      // [keys x hd]
+    const float* Vp = v + base * kvd + static_cast<int64_t>(kvh) * head_dim;     // [keys x hd]
+    float* O = out + (base + r0) * qd + static_cast<int64_t>(h) * head_dim;      // [rows x hd]
     S.resize(static_cast<size_t>(rows * keys));
     // S[rows x keys] = Q K^T
     linalg::sgemm(false, true, rows, keys, head_dim, 1.0f, Q, qd, K, kvd, 0.0f, S.data(), keys);

@@ -7,6 +7,7 @@
 #include "fp4q/core/error.h"
 #include "fp4q/core/log.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/linalg/buffer.h"
 #include "par.h"
 
 namespace fp4q::model {
@@ -47,6 +48,30 @@ LinearKind input_group(LinearKind k) {
 }
 
 // ---- Model ----------------------------------------------------------------------------------
+
+struct ForwardScratch::Impl {
+  linalg::HugeBuffer<float> buf[kSlots];
+};
+ForwardScratch::ForwardScratch() : impl_(std::make_unique<Impl>()) {}
+ForwardScratch::~ForwardScratch() = default;
+ForwardScratch::ForwardScratch(ForwardScratch&&) noexcept = default;
+ForwardScratch& ForwardScratch::operator=(ForwardScratch&&) noexcept = default;
+
+float* ForwardScratch::get(int slot, size_t n) {
+  FP4Q_ASSERT(slot >= 0 && slot < kSlots);
+  linalg::HugeBuffer<float>& b = impl_->buf[slot];
+  if (b.size() < n) {
+    b = linalg::HugeBuffer<float>();  // free first: peak = one copy
+    b = linalg::HugeBuffer<float>(n);
+  }
+  return b.data();
+}
+
+size_t ForwardScratch::bytes() const {
+  size_t t = 0;
+  for (const auto& b : impl_->buf) t += b.size() * sizeof(float);
+  return t;
+}
 
 struct Model::RopeCache {
   std::mutex mu;
@@ -234,10 +259,15 @@ std::shared_ptr<const RopeTable> Model::rope_table(int64_t T) const {
 
 void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t T,
                           LinearHook* hook) const {
+  layer_forward(l, w, hidden, 1, T, hook, nullptr, true);
+}
+
+void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t n_seq, int64_t T,
+                          LinearHook* hook, ForwardScratch* scratch, bool need_output) const {
   const ModelConfig& c = cfg_;
   if (l < 0 || l >= c.n_layers)
     throw Error(ErrorKind::kInternal, "layer index " + std::to_string(l) + " out of range", dir_);
-  if (T <= 0) return;
+  if (T <= 0 || n_seq <= 0) return;
   const int64_t window = c.layer_sliding_window[l];
   if (window > 0 && T > window)
     throw Error(ErrorKind::kInput,
@@ -248,55 +278,58 @@ void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t T
                 "fp4q implements full causal attention only; use a sequence length <= " +
                     std::to_string(window));
   check_weights(c, w, l);
+  ForwardScratch local;
+  ForwardScratch& ws = scratch ? *scratch : local;
+  const int64_t N = n_seq * T;  // rows of every activation matrix
   const int64_t H = c.hidden, QD = c.q_dim(), KVD = c.kv_dim(), I = c.intermediate;
+  const size_t n = static_cast<size_t>(N);
   auto bias_of = [&](LinearKind k) {
     return w[k].bias.empty() ? nullptr : w[k].bias.data();
   };
+  auto add_into_hidden = [&](const float* y) {
+    detail::par_for(static_cast<long>(N), static_cast<double>(H), [&](long t) {
+      for (int64_t j = 0; j < H; ++j) hidden[t * H + j] += y[t * H + j];
+    });
+  };
+  enum { kXn = 0, kQb, kKb, kVb, kCtx, kGb, kUb };
 
   // ---- attention block: hidden += o_proj(attn(rope(q), rope(k), v)) of rms_norm(hidden).
-  std::vector<float> xn(static_cast<size_t>(T * H));
-  rms_norm(hidden, T, H, H, w.input_norm.data(), c.rms_eps, xn.data());
-  if (hook) hook->on_input(l, LinearKind::kQ, xn.data(), T, H);
-  std::vector<float> q(static_cast<size_t>(T * QD)), k(static_cast<size_t>(T * KVD)),
-      v(static_cast<size_t>(T * KVD));
-  linear(xn.data(), T, H, w[LinearKind::kQ].w.data(), QD, bias_of(LinearKind::kQ), q.data());
-  linear(xn.data(), T, H, w[LinearKind::kK].w.data(), KVD, bias_of(LinearKind::kK), k.data());
-  linear(xn.data(), T, H, w[LinearKind::kV].w.data(), KVD, bias_of(LinearKind::kV), v.data());
-  if (c.qk_norm) {  // Qwen3: RMSNorm over each head's head_dim values ([T*heads x head_dim] view)
-    rms_norm(q.data(), T * c.n_heads, c.head_dim, c.head_dim, w.q_norm.data(), c.rms_eps, q.data());
-    rms_norm(k.data(), T * c.n_kv_heads, c.head_dim, c.head_dim, w.k_norm.data(), c.rms_eps,
-             k.data());
+  float* xn = ws.get(kXn, n * H);
+  rms_norm(hidden, N, H, H, w.input_norm.data(), c.rms_eps, xn);
+  if (hook) hook->on_input_batch(l, LinearKind::kQ, xn, n_seq, N, H);
+  float* q = ws.get(kQb, n * QD);
+  float* k = ws.get(kKb, n * KVD);
+  float* v = ws.get(kVb, n * KVD);
+  linear(xn, N, H, w[LinearKind::kQ].w.data(), QD, bias_of(LinearKind::kQ), q);
+  linear(xn, N, H, w[LinearKind::kK].w.data(), KVD, bias_of(LinearKind::kK), k);
+  linear(xn, N, H, w[LinearKind::kV].w.data(), KVD, bias_of(LinearKind::kV), v);
+  if (c.qk_norm) {  // Qwen3: RMSNorm over each head's head_dim values ([N*heads x head_dim] view)
+    rms_norm(q, N * c.n_heads, c.head_dim, c.head_dim, w.q_norm.data(), c.rms_eps, q);
+    rms_norm(k, N * c.n_kv_heads, c.head_dim, c.head_dim, w.k_norm.data(), c.rms_eps, k);
   }
   {
     std::shared_ptr<const RopeTable> tab = rope_table(T);
-    apply_rope(q.data(), T, c.n_heads, c.head_dim, QD, *tab);
-    apply_rope(k.data(), T, c.n_kv_heads, c.head_dim, KVD, *tab);
+    apply_rope_batched(q, N, T, c.n_heads, c.head_dim, QD, *tab);
+    apply_rope_batched(k, N, T, c.n_kv_heads, c.head_dim, KVD, *tab);
   }
-  std::vector<float> ctx(static_cast<size_t>(T * QD));
-  attention(q.data(), k.data(), v.data(), T, c.n_heads, c.n_kv_heads, c.head_dim, ctx.data());
-  std::vector<float>().swap(q);
-  std::vector<float>().swap(k);
-  std::vector<float>().swap(v);
-  if (hook) hook->on_input(l, LinearKind::kO, ctx.data(), T, QD);
-  linear(ctx.data(), T, QD, w[LinearKind::kO].w.data(), H, bias_of(LinearKind::kO), xn.data());
-  detail::par_for(static_cast<long>(T), static_cast<double>(H), [&](long t) {
-    for (int64_t j = 0; j < H; ++j) hidden[t * H + j] += xn[t * H + j];
-  });
-  std::vector<float>().swap(ctx);
+  float* ctx = ws.get(kCtx, n * QD);
+  attention_batched(q, k, v, n_seq, T, c.n_heads, c.n_kv_heads, c.head_dim, ctx);
+  if (hook) hook->on_input_batch(l, LinearKind::kO, ctx, n_seq, N, QD);
+  linear(ctx, N, QD, w[LinearKind::kO].w.data(), H, bias_of(LinearKind::kO), xn);
+  add_into_hidden(xn);
 
   // ---- MLP block: hidden += down(silu(gate(x)) * up(x)), x = rms_norm(hidden).
-  rms_norm(hidden, T, H, H, w.post_norm.data(), c.rms_eps, xn.data());
-  if (hook) hook->on_input(l, LinearKind::kGate, xn.data(), T, H);
-  std::vector<float> g(static_cast<size_t>(T * I)), u(static_cast<size_t>(T * I));
-  linear(xn.data(), T, H, w[LinearKind::kGate].w.data(), I, bias_of(LinearKind::kGate), g.data());
-  linear(xn.data(), T, H, w[LinearKind::kUp].w.data(), I, bias_of(LinearKind::kUp), u.data());
-  swiglu(g.data(), u.data(), T * I);
-  std::vector<float>().swap(u);
-  if (hook) hook->on_input(l, LinearKind::kDown, g.data(), T, I);
-  linear(g.data(), T, I, w[LinearKind::kDown].w.data(), H, bias_of(LinearKind::kDown), xn.data());
-  detail::par_for(static_cast<long>(T), static_cast<double>(H), [&](long t) {
-    for (int64_t j = 0; j < H; ++j) hidden[t * H + j] += xn[t * H + j];
-  });
+  rms_norm(hidden, N, H, H, w.post_norm.data(), c.rms_eps, xn);
+  if (hook) hook->on_input_batch(l, LinearKind::kGate, xn, n_seq, N, H);
+  float* g = ws.get(kGb, n * I);
+  float* u = ws.get(kUb, n * I);
+  linear(xn, N, H, w[LinearKind::kGate].w.data(), I, bias_of(LinearKind::kGate), g);
+  linear(xn, N, H, w[LinearKind::kUp].w.data(), I, bias_of(LinearKind::kUp), u);
+  swiglu(g, u, N * I);
+  if (hook) hook->on_input_batch(l, LinearKind::kDown, g, n_seq, N, I);
+  if (!need_output) return;
+  linear(g, N, I, w[LinearKind::kDown].w.data(), H, bias_of(LinearKind::kDown), xn);
+  add_into_hidden(xn);
 }
 
 void Model::final_norm_logits(const float* hidden, int64_t T, float* logits) const {
@@ -386,13 +419,22 @@ PplResult perplexity(const Model& model, const std::vector<int32_t>& ids, int se
   r.windows = windows;
   r.tokens = windows * (seqlen - 1);
   double total = 0.0;
-  for (int64_t w = 0; w < windows; ++w) {
-    std::vector<int32_t> win(ids.begin() + w * seqlen, ids.begin() + (w + 1) * seqlen);
-    std::vector<float> hidden = model.forward_hidden(win, fn, hook);
-    const double s = model.nll_sum(hidden.data(), win.data(), seqlen);
-    r.window_nll_sum.push_back(s);
-    total += s;
-    spdlog::debug("perplexity window {}/{}: mean nll {:.6f}", w + 1, windows, s / (seqlen - 1));
+  // Windows go through the layers in batches (one product per Linear for the whole batch).
+  const int64_t per_batch = batch_sequences(seqlen);
+  const int64_t H = model.config().hidden;
+  ForwardScratch scratch;
+  for (int64_t w0 = 0; w0 < windows; w0 += per_batch) {
+    const int64_t nb = std::min(per_batch, windows - w0);
+    const std::vector<int32_t> batch(ids.begin() + w0 * seqlen, ids.begin() + (w0 + nb) * seqlen);
+    std::vector<float> hidden = model.embed(batch);
+    for (int l = 0; l < model.config().n_layers; ++l)
+      model.layer_forward(l, fn(l), hidden.data(), nb, seqlen, hook, &scratch);
+    for (int64_t b = 0; b < nb; ++b) {
+      const double s = model.nll_sum(hidden.data() + b * seqlen * H, batch.data() + b * seqlen, seqlen);
+      r.window_nll_sum.push_back(s);
+      total += s;
+      spdlog::debug("perplexity window {}/{}: mean nll {:.6f}", w0 + b + 1, windows, s / (seqlen - 1));
+    }
   }
   r.mean_nll = total / static_cast<double>(r.tokens);
   r.ppl = std::exp(r.mean_nll);

@@ -59,6 +59,10 @@ RopeTable make_rope_table(const std::vector<float>& inv_freq, int64_t T);
 // for each head and i < half: (a, b) = (x[i], x[i+half]) ->
 //   (a*cos - b*sin, b*cos + a*sin), with the angle of position t. Requires table.T >= T.
 void apply_rope(float* x, int64_t T, int n_heads, int head_dim, int64_t ld, const RopeTable& table);
+// The same for `rows` rows holding consecutive sequences of `seq_len` tokens each (row r has
+// position r % seq_len); requires table.T >= seq_len. Identical bits to apply_rope per sequence.
+void apply_rope_batched(float* x, int64_t rows, int64_t seq_len, int n_heads, int head_dim,
+                        int64_t ld, const RopeTable& table);
 // Reference: angles t * inv_freq[i] recomputed in double, no table.
 void apply_rope_ref(float* x, int64_t T, int n_heads, int head_dim, int64_t ld,
                     const std::vector<double>& inv_freq);
@@ -72,6 +76,11 @@ void apply_rope_ref(float* x, int64_t T, int n_heads, int head_dim, int64_t ld,
 // row), sgemm for QK^T and PV, OpenMP over (head, block) items.
 void attention(const float* q, const float* k, const float* v, int64_t T, int n_heads,
                int n_kv_heads, int head_dim, float* out);
+// The same for n_seq independent sequences of T tokens stored back to back (q/k/v/out have
+// n_seq * T rows; sequence s is rows [s*T, (s+1)*T)): one parallel region over all (sequence,
+// query block, head) items. Each sequence's result is bit-identical to attention() on it alone.
+void attention_batched(const float* q, const float* k, const float* v, int64_t n_seq, int64_t T,
+                       int n_heads, int n_kv_heads, int head_dim, float* out);
 // Scalar loops, double accumulation of scores, softmax and the weighted sum.
 void attention_ref(const float* q, const float* k, const float* v, int64_t T, int n_heads,
                    int n_kv_heads, int head_dim, float* out);

@@ -80,9 +80,39 @@ struct LayerWeights {
 //   kGate (the shared input of gate_proj, up_proj: the post-attention-RMSNormed hidden state)
 //   kDown (silu(gate) * up)
 // kK, kV and kUp are never passed. Exceptions thrown by the hook propagate out of layer_forward.
+// layer_forward runs several sequences at once (rows of all of them stacked); it calls
+// on_input_batch with `sequences` = their number (tokens = sequences * T). The default forwards
+// to on_input, which suits hooks that act per token (activation transforms); hooks that count
+// samples (Hessians: N = sequences) override on_input_batch.
 struct LinearHook {
   virtual ~LinearHook() = default;
   virtual void on_input(int layer, LinearKind kind, float* x, int64_t tokens, int64_t in) = 0;
+  virtual void on_input_batch(int layer, LinearKind kind, float* x, int64_t sequences,
+                              int64_t tokens, int64_t in) {
+    on_input(layer, kind, x, tokens, in);
+  }
+};
+
+// Reusable scratch memory of layer_forward (activations of one batch: normed input, q, k, v,
+// attention output, gate, up). Buffers are allocated on first use, grown when a larger batch
+// comes, and backed by transparent huge pages, so a pass over many batches and layers touches
+// fresh pages only once (a fresh 4 KiB page costs ~10 µs on the VMs fp4q runs on: at the sizes
+// of an 8B layer, re-allocating per sequence cost more than the arithmetic). Not thread-safe:
+// one scratch per concurrent caller.
+class ForwardScratch {
+ public:
+  ForwardScratch();
+  ~ForwardScratch();
+  ForwardScratch(ForwardScratch&&) noexcept;
+  ForwardScratch& operator=(ForwardScratch&&) noexcept;
+  // Buffer `slot` (0..kSlots-1) with room for at least n floats (contents undefined).
+  float* get(int slot, size_t n);
+  size_t bytes() const;  // currently allocated
+  static constexpr int kSlots = 7;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // weights_of_layer(l): a float32 LayerWeights to use for layer l (e.g. quantized-dequantized
@@ -119,6 +149,16 @@ class Model {
   // Throws Error(kInput) when config.json's sliding window for layer l is < T.
   void layer_forward(int l, const LayerWeights& w, float* hidden, int64_t T,
                      LinearHook* hook = nullptr) const;
+  // The same for n_seq independent sequences of T tokens each, stored back to back in hidden
+  // [n_seq*T x hidden] (sequence s = rows [s*T, (s+1)*T), positions 0..T-1 each). Every Linear
+  // runs as ONE product over all n_seq*T rows (so small sequences still feed every core). The
+  // bits do not depend on the thread count (fixed tile grid; see linalg/blas.h); they may differ
+  // in the last place from a run that batches the same sequences differently, because a row's
+  // position inside a BLAS tile can select a different edge kernel. scratch: reused buffers
+  // (nullptr: allocate per call). need_output = false stops after the down_proj hook call without computing down_proj
+  // or updating hidden (a pass that only captures Linear inputs, e.g. for Hessians).
+  void layer_forward(int l, const LayerWeights& w, float* hidden, int64_t n_seq, int64_t T,
+                     LinearHook* hook, ForwardScratch* scratch, bool need_output = true) const;
 
   // Final RMSNorm and lm_head for rows hidden [T x hidden] -> logits [T x vocab] row-major.
   void final_norm_logits(const float* hidden, int64_t T, float* logits) const;
@@ -154,6 +194,14 @@ class Model {
   std::unique_ptr<RopeCache> rope_;
   const float* lm_head() const { return lm_head_.empty() ? embed_.data() : lm_head_.data(); }
 };
+
+// How many sequences of T tokens one batched layer_forward call should take: as many as fit in
+// kBatchTokens (at least 1). Fixed by T alone, never by the thread count, so every result is
+// thread-count independent. 4096 tokens give every Linear of an 8B-class model >= 16 output
+// tiles (enough for 16 cores) and fold Hessians over 4096 tokens per BLAS call, while an
+// intermediate activation of a 70B layer stays under 0.5 GiB.
+constexpr int64_t kBatchTokens = 4096;
+inline int64_t batch_sequences(int64_t T) { return T >= kBatchTokens ? 1 : kBatchTokens / T; }
 
 // Perplexity over non-overlapping windows of `seqlen` tokens of ids (the remainder after the last
 // full window is dropped); each window is one sequence at positions 0..seqlen-1 and contributes
