@@ -385,12 +385,15 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
     if (dead[perm[j]]) dead_pos.push_back(j);
 
   // 2. Damped, permuted H and its inverse upper Cholesky factor U, escalating the damping.
-  const linalg::HugeBuffer<float> hs = symmetric_copy(h, n);
+  linalg::HugeBuffer<float> hs_copy;
+  if (!opt.h_full_symmetric) hs_copy = symmetric_copy(h, n);
+  const float* hs = opt.h_full_symmetric ? h : hs_copy.data();
   linalg::HugeBuffer<float> u(static_cast<size_t>(n * n));
   double lambda = opt.damp;
   int64_t info = -1;
+  float add = 0.0f;  // the absolute damping of the successful factorisation
   for (int t = 0; t < opt.max_damp_tries; ++t, lambda *= 10.0) {
-    const float add = static_cast<float>(lambda * mean_diag);
+    add = static_cast<float>(lambda * mean_diag);
     parallel_for_dynamic(n, [&](long i) {
       const int64_t a = perm[i];
       float* ui = u.data() + i * n;
@@ -398,7 +401,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
       if (dead[a]) {
         std::fill(ui + i, ui + n, 0.0f);
       } else {
-        gather_row(ui + i, hs.data() + a * n, perm32.data() + i, n - i);
+        gather_row(ui + i, hs + a * n, perm32.data() + i, n - i);
         for (int64_t j : dead_pos)
           if (j >= i) ui[j] = 0.0f;
       }
@@ -425,6 +428,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
                 where,
                 "the Hessian is not positive semi-definite; recompute it or raise --damp");
   st.damp_used = lambda;
+  hs_copy = linalg::HugeBuffer<float>();
   st.seconds_factor = seconds_since(t0);
   t0 = Clock::now();
 
@@ -455,6 +459,7 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   linalg::HugeBuffer<uint8_t> cp(static_cast<size_t>(rows * n));  // codes, permuted order
   const float* svals = scales.values.data();
   const int64_t npanels = (rows + kPanel - 1) / kPanel;
+  std::vector<double> panel_e2(static_cast<size_t>(npanels), 0.0);  // Σ e² per panel
   parallel_for_dynamic(npanels, [&](long p) {
     const int64_t r0 = p * kPanel, pr = std::min<int64_t>(kPanel, rows - r0);
     std::vector<float> err(static_cast<size_t>(pr * bs));
@@ -482,6 +487,15 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
       if (c2 < n)  // trailing columns of this panel (serial inside the parallel region)
         linalg::sgemm(false, false, pr, n - c2, nb, -1.0f, err.data(), bs,
                       u.data() + c1 * n + c2, n, 1.0f, wp.data() + r0 * n + c2, n);
+      if (opt.compute_stats) {  // ‖E‖² of this block, fixed order (rows, then columns)
+        double e2 = 0.0;
+        for (int64_t r = 0; r < pr; ++r)
+          for (int64_t j = 0; j < nb; ++j) {
+            const double e = err[r * bs + j];
+            e2 += e * e;
+          }
+        panel_e2[p] += e2;
+      }
     }
   });
   {
@@ -499,17 +513,26 @@ SolveResult gptq_solve(const float* w, int64_t rows, int64_t cols, const float* 
   // 5. Statistics in the (rotated) input domain, undamped input H.
   if (opt.compute_stats) {
     linalg::HugeBuffer<float> d(static_cast<size_t>(rows * n));
+    std::vector<double> dead_part(static_cast<size_t>(rows), 0.0);
     parallel_for_dynamic(rows, [&](long r) {  // ΔW = Ŵ − W in the original column order
       const float* src = w + r * n;
       const float* q = wp.data() + r * n;
       float* dr = d.data() + r * n;
       for (int64_t j = 0; j < n; ++j) dr[perm[j]] = q[j] - src[perm[j]];
+      double sd = 0.0;  // Σ over dead columns of ΔW² (= w², as Ŵ is 0 there)
+      for (int64_t j : dead_pos) sd += static_cast<double>(dr[perm[j]]) * dr[perm[j]];
+      dead_part[r] = sd;
     });
     float* g = u.data();  // U is no longer needed: Gram scratch
     const double wn = squared_norm(w, rows, n);
     const double tw = hessian_trace(w, rows, n, h, g);
-    st.rel_weight_err = std::sqrt(ratio(squared_norm(d.data(), rows, n), wn));
-    st.hessian_err = ratio(hessian_trace(d.data(), rows, n, h, g), tw);
+    const double dn = squared_norm(d.data(), rows, n);
+    double dead_sum = 0.0, e2 = 0.0;
+    for (double v : dead_part) dead_sum += v;
+    for (double v : panel_e2) e2 += v;
+    st.rel_weight_err = std::sqrt(ratio(dn, wn));
+    // tr(ΔW·H·ΔWᵀ) = ‖E‖² − δ·‖ΔW_z‖² (see gptq.h); clamp the rounding of a tiny difference.
+    st.hessian_err = ratio(std::max(0.0, e2 - static_cast<double>(add) * (dn - dead_sum)), tw);
     const format::QuantizedMatrix rq = format::quantize_rtn(w, rows, cols, scales, where);
     format::dequantize(rq, wp.data());
     difference(w, wp.data(), d.data(), rows, n);

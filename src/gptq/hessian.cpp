@@ -40,7 +40,8 @@ HessianAccumulator::HessianAccumulator(int64_t n, std::string where)
   if (n < 0)
     throw Error(ErrorKind::kInternal, "Hessian dimension must be >= 0, got " + std::to_string(n),
                 where_);
-  h_.assign(static_cast<size_t>(n * n), 0.0f);
+  h_ = linalg::HugeBuffer<float>(static_cast<size_t>(n * n));
+  parallel_for_dynamic(n, [&](long i) { std::fill(h_.data() + i * n, h_.data() + (i + 1) * n, 0.0f); });
 }
 
 void HessianAccumulator::add_batch(const float* x, int64_t tokens, int64_t n_samples) {
@@ -89,6 +90,14 @@ void HessianAccumulator::hessian_into(float* out) const {
     for (int64_t j = 0; j <= i; ++j) out[i * n_ + j] = h_[i * n_ + j];
   });
   linalg::mirror_lower_to_upper(out, n_, n_);
+}
+
+linalg::HugeBuffer<float> HessianAccumulator::take_hessian() {
+  linalg::mirror_lower_to_upper(h_.data(), n_, n_);
+  linalg::HugeBuffer<float> out = std::move(h_);
+  n_ = 0;
+  samples_ = tokens_ = 0;
+  return out;
 }
 
 std::vector<float> HessianAccumulator::hessian() const {

@@ -31,8 +31,14 @@
 //     output error tr(ΔW·H·ΔWᵀ)/tr(W·H·Wᵀ) with the UNDAMPED input H (ΔW = Ŵ − W with the input
 //     W, dead columns included), for GPTQ and for plain RTN (format::quantize_rtn) under the same
 //     scales. All in the rotated domain, which equals the unrotated one because B is orthogonal.
-//     Sums in float64; the three traces come from float32 ssyrk Gram matrices AᵀA combined
-//     with H in float64 (cost 3·rows·cols² flops; switch off with compute_stats = false).
+//     Sums in float64. tr(W·H·Wᵀ) and the RTN trace come from float32 ssyrk Gram matrices AᵀA
+//     combined with H in float64 (2·rows·cols² flops; switch off with compute_stats = false).
+//     The GPTQ trace costs nothing extra: with E the matrix of the sweep's scaled errors
+//     e = (w − q)/U[j,j], the sweep's arithmetic makes ΔW_z = −E·U (ΔW_z: the error w.r.t. W with
+//     dead columns zeroed, in processing order), so tr(ΔW_z·H̃·ΔW_zᵀ) = ‖E‖²_F for the damped
+//     H̃ = H_z + δI (H̃⁻¹ = UᵀU), hence tr(ΔW·H·ΔWᵀ) = ‖E‖²_F − δ·‖ΔW_z‖²_F (dead rows/columns of
+//     H are zero, so the dead columns contribute nothing). In float32 arithmetic this holds to a
+//     relative ~eps·sqrt(cond(H̃)) (tested against the float64 definition).
 // Results (codes and statistics) are bit-identical for any thread count.
 #pragma once
 
@@ -51,6 +57,10 @@ struct GptqOptions {
   int max_damp_tries = 3;    // factorisation attempts with λ, 10λ, 100λ, ... (>= 1)
   bool act_order = true;     // static act-order (true) or natural column order (false)
   bool compute_stats = true; // compute the error statistics (else they are NaN)
+  // The caller guarantees h is FULL symmetric (both triangles): the solver then gathers the
+  // permuted factor input straight from h instead of first making a symmetric copy (saves
+  // n² floats of memory and a pass over them). Results are identical either way.
+  bool h_full_symmetric = false;
 };
 
 struct ErrorStats {

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "fp4q/linalg/buffer.h"
+
 namespace fp4q::gptq {
 
 class HessianAccumulator {
@@ -41,6 +43,9 @@ class HessianAccumulator {
 
   // Full symmetric H [n x n] row-major (all zeros before the first batch).
   std::vector<float> hessian() const;
+  // The same without a copy: completes the upper triangle in place and hands the storage over;
+  // the accumulator is empty (dim 0) afterwards.
+  linalg::HugeBuffer<float> take_hessian();
   void hessian_into(float* out) const;  // same into caller memory [n x n]
 
   // Save / load: the full symmetric matrix plus the sample count (the file format lives in the
@@ -55,7 +60,7 @@ class HessianAccumulator {
   int64_t n_ = 0;
   int64_t samples_ = 0;
   int64_t tokens_ = 0;
-  std::vector<float> h_;  // [n x n], lower triangle valid
+  linalg::HugeBuffer<float> h_;  // [n x n], lower triangle valid (huge pages: n² is large)
   std::string where_;
 };
 
