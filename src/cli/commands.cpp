@@ -139,7 +139,7 @@ void add_quantize(CLI::App& app) {
   c->add_option("--max-memory", a->max_memory, "Refuse to start if the planned peak exceeds this (e.g. 16G; default: physical memory)");
   c->add_option("--max-shard-size", a->shard, "Largest output shard")->capture_default_str();
   c->add_flag("--force", a->force, "Replace OUT if it exists (atomically, at the end)");
-  c->add_flag("--dry-run", a->dry_run, "Print the plan (what is quantized, sizes) and stop");
+  c->add_flag("--dry-run", a->dry_run, "Print the plan (what is quantized, sizes), the planned peak memory and a time estimate, and stop");
   a->calib.add(c);
   actions()[c] = [a] {
     pipeline::QuantizeOptions o;
@@ -162,8 +162,7 @@ void add_quantize(CLI::App& app) {
       o.calib.dump_path.clear();
     }
     if (o.dry_run) {
-      const auto files = io::ModelFiles::open(o.model_dir);
-      std::cout << pipeline::plan_text(pipeline::make_plan(files, o.settings));
+      std::cout << pipeline::dry_run_text(o);
       return;
     }
     pipeline::run_quantize(o);
@@ -337,6 +336,8 @@ void add_report(CLI::App& app) {
 
 }  // namespace
 
+void add_action(const CLI::App* sub, std::function<void()> action) { actions()[sub] = std::move(action); }
+
 void register_all(CLI::App& app) {
   add_quantize(app);
   add_eval(app);
@@ -346,6 +347,7 @@ void register_all(CLI::App& app) {
   add_dequant(app);
   add_hessians(app);
   add_tokenize(app);
+  add_bench_commands(app);
 }
 
 void run_selected(CLI::App& app) {

@@ -9,6 +9,7 @@
 
 #include "fp4q/calib/windows.h"
 #include "fp4q/core/error.h"
+#include "fp4q/core/parallel.h"
 #include "fp4q/gptq/gptq.h"
 #include "fp4q/model/tokenizer.h"
 #include "fp4q/transform/hadamard.h"
@@ -28,18 +29,33 @@ void check_finite(const std::vector<float>& w, int64_t rows, int64_t cols, const
 }
 
 std::vector<Solved> solve_group(const QuantSettings& s, const std::vector<const LinearPlan*>& members,
-                                std::vector<std::vector<float>> W, const float* H, int64_t samples) {
+                                std::vector<std::vector<float>> W, const float* H, int64_t samples,
+                                PhaseTimes* ph) {
+  if (!H) return solve_group_inplace(s, members, std::move(W), nullptr, samples, ph);
+  const int64_t in = members.front()->in;
   const auto t0 = Clock::now();
+  linalg::HugeBuffer<float> Hc(static_cast<size_t>(in * in));
+  parallel_for(static_cast<long>(in), [&](long i) { std::copy(H + i * in, H + (i + 1) * in, Hc.data() + i * in); });
+  if (ph) ph->rotate += since(t0);
+  return solve_group_inplace(s, members, std::move(W), Hc.data(), samples, ph);
+}
+
+std::vector<Solved> solve_group_inplace(const QuantSettings& s,
+                                        const std::vector<const LinearPlan*>& members,
+                                        std::vector<std::vector<float>> W, float* H, int64_t samples,
+                                        PhaseTimes* ph) {
+  PhaseTimes local;
+  PhaseTimes& pt = ph ? *ph : local;
+  auto t0 = Clock::now();
   const auto fmt = s.format;
   const int64_t in = members.front()->in;
   for (size_t i = 0; i < members.size(); ++i) check_finite(W[i], members[i]->out, in, members[i]->name + ".weight");
   for (size_t i = 0; i < members.size(); ++i)
     gptq::rotate_weight(W[i].data(), members[i]->out, in, s.hadamard);
-  std::vector<float> Hr;
-  if (H) {
-    Hr.assign(H, H + in * in);
-    gptq::rotate_hessian(Hr.data(), in, s.hadamard);
-  }
+  if (H) gptq::rotate_hessian(H, in, s.hadamard);
+  const double t_rot = since(t0);
+  pt.rotate += t_rot;
+  t0 = Clock::now();
   // Fused members share one NVFP4 global scale: the smallest keeps every group scale <= 448.
   float shared_gs = 0.0f;
   if (format::spec(fmt).has_global_scale && members.size() > 1) {
@@ -52,18 +68,24 @@ std::vector<Solved> solve_group(const QuantSettings& s, const std::vector<const 
       shared_gs = std::min(shared_gs, gs);
     }
   }
-  const double setup = since(t0);
+  const double setup = t_rot + since(t0);
+  pt.scale_search += since(t0);
   std::vector<Solved> out;
   for (size_t i = 0; i < members.size(); ++i) {
     const auto t1 = Clock::now();
     const LinearPlan& lp = *members[i];
     const auto scales = format::choose_scales(fmt, W[i].data(), lp.out, in, s.scales, shared_gs, lp.name);
+    pt.scale_search += since(t1);
     gptq::GptqOptions go;
     go.damp = s.damp;
     go.act_order = s.act_order;
+    go.h_full_symmetric = true;
     const bool gptq = H && s.method != Method::kRtn;
-    gptq::SolveResult r = gptq ? gptq::gptq_solve(W[i].data(), lp.out, in, Hr.data(), scales, go, lp.name)
-                               : gptq::rtn_solve(W[i].data(), lp.out, in, H ? Hr.data() : nullptr, scales, lp.name);
+    gptq::SolveResult r = gptq ? gptq::gptq_solve(W[i].data(), lp.out, in, H, scales, go, lp.name)
+                               : gptq::rtn_solve(W[i].data(), lp.out, in, H, scales, lp.name);
+    pt.gptq_factor += r.stats.seconds_factor;
+    pt.gptq_sweep += r.stats.seconds_sweep;
+    pt.stats += r.stats.seconds_stats;
     Solved sv;
     sv.deq_rot.resize(static_cast<size_t>(lp.out * in));
     format::dequantize(r.q, sv.deq_rot.data());
@@ -133,23 +155,68 @@ bool first_of_group(model::LinearKind k) {
          k == model::LinearKind::kDown;
 }
 
-void CaptureHook::on_input(int, model::LinearKind kind, float* x, int64_t tokens, int64_t in) {
+void CaptureHook::on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) {
+  on_input_batch(layer, kind, x, 1, tokens, in);
+}
+
+void CaptureHook::on_input_batch(int, model::LinearKind kind, float* x, int64_t sequences,
+                                 int64_t tokens, int64_t in) {
   if (!first_of_group(kind)) return;
   const int g = group_of(kind);
   if (!acc[g]) return;
-  acc[g]->add_batch(x, tokens, 1);
+  auto t0 = Clock::now();
+  acc[g]->add_batch(x, tokens, sequences);
+  seconds_hessian += since(t0);
   if (want_amax) {
-    tmp.assign(x, x + tokens * in);
-    transform::hadamard_rows(tmp.data(), tokens, in, hadamard);
-    float m = 0;
-    for (float v : tmp) m = std::max(m, std::fabs(v));
-    amax[g] = std::max(amax[g], m);
+    t0 = Clock::now();
+    std::vector<float> row_max(static_cast<size_t>(tokens), 0.0f);
+    parallel_for(static_cast<long>(tokens), [&](long r) {  // rotated copy of each row, its max
+      thread_local std::vector<float> row;
+      row.assign(x + r * in, x + (r + 1) * in);
+      transform::hadamard_rows(row.data(), 1, in, hadamard);
+      float m = 0;
+      for (int64_t j = 0; j < in; ++j) m = std::max(m, std::fabs(row[j]));
+      row_max[r] = m;
+    });
+    for (float m : row_max) amax[g] = std::max(amax[g], m);
+    seconds_amax += since(t0);
   }
 }
 
 void TransformHook::on_input(int, model::LinearKind kind, float* x, int64_t tokens, int64_t in) {
   const int g = group_of(kind);
-  if (active[g]) apply_input_transform(t[g], x, tokens, in);
+  if (!active[g]) return;
+  const auto t0 = Clock::now();
+  apply_input_transform(t[g], x, tokens, in);
+  seconds += since(t0);
+}
+
+CalibActivations::CalibActivations(const model::Model& m, const calib::CalibSet& cs)
+    : m_(m), n_(static_cast<int64_t>(cs.samples.size())), T_(cs.seqlen), H_(m.config().hidden) {
+  X_ = linalg::HugeBuffer<float>(static_cast<size_t>(n_ * T_ * H_));
+  for (int64_t i = 0; i < n_; ++i) {
+    const auto e = m.embed(cs.samples[i]);
+    std::copy(e.begin(), e.end(), X_.data() + i * T_ * H_);
+  }
+}
+
+void CalibActivations::run(int l, const model::LayerWeights& w, model::LinearHook* hook, bool update) {
+  const int64_t per = model::batch_sequences(T_);
+  for (int64_t s0 = 0; s0 < n_; s0 += per) {
+    const int64_t nb = std::min(per, n_ - s0);
+    float* x = X_.data() + s0 * T_ * H_;
+    const size_t cnt = static_cast<size_t>(nb * T_ * H_);
+    if (!update) {  // the pass changes its input (residual adds): work on a copy
+      if (tmp_.size() < cnt) tmp_ = linalg::HugeBuffer<float>(static_cast<size_t>(std::min(per, n_) * T_ * H_));
+      std::copy(x, x + cnt, tmp_.data());
+      x = tmp_.data();
+    }
+    m_.layer_forward(l, w, x, nb, T_, hook, &scratch_, update);
+  }
+}
+
+size_t CalibActivations::bytes() const {
+  return (X_.size() + tmp_.size()) * sizeof(float) + scratch_.bytes();
 }
 
 std::vector<int32_t> token_stream(const std::string& model_dir, const std::string& text_path,
@@ -203,15 +270,5 @@ void check_memory(int64_t planned, int64_t limit) {
                 "--max-memory", "lower --samples or --seqlen, or raise --max-memory");
 }
 
-int64_t planned_calibration_bytes(const model::ModelConfig& cfg, int64_t n, int64_t T) {
-  const int64_t d = cfg.hidden, I = cfg.intermediate, q = cfg.q_dim(), kv = cfg.kv_dim();
-  const int64_t layer_w = d * (q + 2 * kv) + q * d + 3 * d * I;       // one layer's 7 weights
-  const int64_t hess = d * d + q * q + d * d + I * I;                 // 4 input groups
-  const int64_t per_seq = T * (3 * d + q + 2 * kv + 3 * I) + static_cast<int64_t>(cfg.n_heads) * T * T;
-  const int64_t embed = cfg.vocab * d * (cfg.tie_embeddings ? 1 : 2);
-  // activations of all samples + a working copy, Hessians (accumulator + rotated copy),
-  // original + quantized layer weights + the solver's copy, embeddings.
-  return 4 * (n * T * d + T * d + per_seq + 2 * hess + 3 * layer_w + embed);
-}
 
 }  // namespace fp4q::pipeline::detail

@@ -11,6 +11,7 @@
 #include "fp4q/calib/windows.h"
 #include "fp4q/exporter/quantized.h"
 #include "fp4q/gptq/hessian.h"
+#include "fp4q/linalg/buffer.h"
 #include "fp4q/model/model.h"
 #include "fp4q/pipeline/act_quant.h"
 #include "fp4q/pipeline/plan.h"
@@ -33,9 +34,16 @@ struct Solved {
 
 // Solves the plan's quantized members of one input group (q/k/v, o, gate/up or down) of one
 // layer. W[i] are float32 weights [out x in] (consumed); H is the UNROTATED input Hessian of the
-// group or nullptr (plain RTN without error statistics). NVFP4 members share one global scale.
+// group (full symmetric) or nullptr (plain RTN without error statistics). NVFP4 members share one
+// global scale. The first form copies H; the second rotates the caller's H in place (no copy).
+// Phase seconds are added to *ph when given.
 std::vector<Solved> solve_group(const QuantSettings& s, const std::vector<const LinearPlan*>& members,
-                                std::vector<std::vector<float>> W, const float* H, int64_t samples);
+                                std::vector<std::vector<float>> W, const float* H, int64_t samples,
+                                PhaseTimes* ph = nullptr);
+std::vector<Solved> solve_group_inplace(const QuantSettings& s,
+                                        const std::vector<const LinearPlan*>& members,
+                                        std::vector<std::vector<float>> W, float* H, int64_t samples,
+                                        PhaseTimes* ph = nullptr);
 
 TensorRecord kept_record(const LinearPlan& lp);
 // Throws Error(kNumeric) naming `where` and the [row, col] of the first NaN/Inf.
@@ -46,22 +54,47 @@ std::vector<const LinearPlan*> group_members(const Plan& plan, int layer, int gr
 int group_of(model::LinearKind k);
 bool first_of_group(model::LinearKind k);
 
-// Hessian pass hook: accumulates H = 2/N Σ xxᵀ of the unrotated input of each enabled group,
-// and optionally the amax of the rotated input (NVFP4 activation global scale).
+// Hessian pass hook: accumulates H = 2/N Σ xxᵀ of the unrotated input of each enabled group
+// (N = calibration sequences), and optionally the amax of the rotated input (NVFP4 activation
+// global scale). Seconds spent in it are added to *seconds_hessian / *seconds_amax.
 struct CaptureHook : model::LinearHook {
   std::array<std::unique_ptr<gptq::HessianAccumulator>, kNumInputGroups> acc;
   std::array<float, kNumInputGroups> amax{};
   bool want_amax = false;
   int hadamard = 0;
-  std::vector<float> tmp;
+  double seconds_hessian = 0, seconds_amax = 0;
   void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override;
+  void on_input_batch(int layer, model::LinearKind kind, float* x, int64_t sequences,
+                      int64_t tokens, int64_t in) override;
 };
 
 // Quantized pass hook: the online input transform of each quantized group.
 struct TransformHook : model::LinearHook {
   std::array<bool, kNumInputGroups> active{};
   std::array<InputTransform, kNumInputGroups> t;
+  double seconds = 0;  // spent in the transforms
   void on_input(int layer, model::LinearKind kind, float* x, int64_t tokens, int64_t in) override;
+};
+
+// The calibration activations: the input of the current decoder layer for every calibration
+// sequence, X [n*T x hidden] row-major in one huge-page buffer, advanced layer by layer in
+// batches of model::batch_sequences(T) sequences (one product per Linear per batch).
+class CalibActivations {
+ public:
+  CalibActivations(const model::Model& m, const calib::CalibSet& cs);
+  int64_t samples() const { return n_; }
+  int64_t seqlen() const { return T_; }
+  // Runs layer l with weights w over every sequence. update: X becomes the layer's output;
+  // otherwise X is left unchanged and down_proj is not computed (a pass that only feeds hook).
+  void run(int l, const model::LayerWeights& w, model::LinearHook* hook, bool update);
+  // Bytes held: X, the batch copy and the forward scratch.
+  size_t bytes() const;
+
+ private:
+  const model::Model& m_;
+  int64_t n_ = 0, T_ = 0, H_ = 0;
+  linalg::HugeBuffer<float> X_, tmp_;
+  model::ForwardScratch scratch_;
 };
 
 // Tokenised text (or pre-tokenised ids) without special tokens; *bos = the BOS id the
@@ -85,7 +118,6 @@ void dump_calibration_windows(const std::string& path, const calib::CalibSet& se
 // (limit <= 0: physical memory).
 void check_memory(int64_t planned, int64_t limit);
 
-// Estimated peak bytes of a layer-by-layer calibration run.
-int64_t planned_calibration_bytes(const model::ModelConfig& cfg, int64_t samples, int64_t seqlen);
+
 
 }  // namespace fp4q::pipeline::detail

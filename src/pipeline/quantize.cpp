@@ -1,6 +1,7 @@
 #include "fp4q/pipeline/quantize.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <sstream>
 
@@ -10,6 +11,7 @@
 #include "fp4q/exporter/exporter.h"
 #include "fp4q/exporter/layout.h"
 #include "fp4q/io/writer.h"
+#include "fp4q/pipeline/estimate.h"
 #include "fp4q/pipeline/hessian_file.h"
 #include "internal.h"
 
@@ -69,6 +71,45 @@ std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "
 
 }  // namespace
 
+std::string dry_run_text(const QuantizeOptions& opt) {
+  const auto files = io::ModelFiles::open(opt.model_dir);
+  const Plan plan = make_plan(files, opt.settings);
+  std::string out = plan_text(plan);
+  const auto cfg = model::ModelConfig::load(opt.model_dir);
+  const QuantSettings& s = opt.settings;
+  const bool w4a4 = s.activations == exporter::Activations::kFp4;
+  const bool need_hessians = s.method != Method::kRtn;
+  const bool calibrate = (need_hessians && opt.hessians_path.empty()) ||
+                         (w4a4 && format::spec(s.format).has_global_scale);
+  int64_t T = opt.calib.seqlen;
+  if (cfg.max_pos > 0) T = std::min<int64_t>(T, cfg.max_pos);
+  RunEstimate e = estimate_run(cfg, plan, opt.calib.samples, T, calibrate, need_hessians);
+  add_time_estimate(e);
+  char b[160];
+  std::snprintf(b, sizeof b, "# calibration: %s\n",
+                calibrate ? (std::to_string(opt.calib.samples) + " samples x " + std::to_string(T) + " tokens").c_str()
+                          : "none (data-free)");
+  out += b;
+  std::string est = estimate_text(e);
+  for (size_t p = 0; p < est.size();) {  // as comment lines
+    const size_t nl = est.find('\n', p);
+    out += "# " + est.substr(p, nl - p) + "\n";
+    p = nl == std::string::npos ? est.size() : nl + 1;
+  }
+  return out;
+}
+
+std::string phase_text(const PhaseTimes& p) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "phases (s): calibration forward %.2f, Hessians %.2f, activation amax %.2f, scales %.2f, "
+                "rotation %.2f, GPTQ factor %.2f, sweep %.2f, stats %.2f, quantized forward %.2f, "
+                "activation quant %.2f, export %.2f, total %.2f",
+                p.calib_forward, p.hessian, p.act_amax, p.scale_search, p.rotate, p.gptq_factor,
+                p.gptq_sweep, p.stats, p.quant_forward, p.act_quant, p.export_, p.total);
+  return buf;
+}
+
 std::string plan_text(const Plan& plan) {
   std::ostringstream s;
   int64_t before = 0, after = 0;
@@ -126,6 +167,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
   ex.begin(opt.model_dir, info, opt.export_kind, out.path(), eo);
   Sink sink(ex, plan);
   Passthrough pass(ex, files, plan);
+  PhaseTimes ph;
 
   if (!calibrate) {
     // Data-free: RTN, or GPTQ with Hessians from a file. One Linear group in memory at a time.
@@ -138,8 +180,11 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
         std::vector<float> H;
         int64_t samples = 0;
         if (hf) H = hf->read(members.front()->name, members.front()->in, &samples);
-        for (auto& sv : solve_group(s, members, std::move(W), hf ? H.data() : nullptr, samples))
+        for (auto& sv : solve_group(s, members, std::move(W), hf ? H.data() : nullptr, samples, &ph)) {
+          const auto te = Clock::now();
           sink.quantized(std::move(sv));
+          ph.export_ += since(te);
+        }
       }
       for (const auto& lp : plan.linears)
         if (lp.layer == l && !lp.quantize) sink.kept(lp);
@@ -151,13 +196,18 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
     const auto& cfg = model.config();
     const auto cs = calibration_set(opt.model_dir, cfg, opt.calib);
     const int64_t n = static_cast<int64_t>(cs.samples.size()), T = cs.seqlen;
-    check_memory(planned_calibration_bytes(cfg, n, T), opt.max_memory);
-    std::vector<std::vector<float>> X(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) X[i] = model.embed(cs.samples[i]);
+    {
+      RunEstimate est = estimate_run(cfg, plan, n, T, true, need_hessians && !hf);
+      add_time_estimate(est);
+      spdlog::info("{}", estimate_text(est));
+      check_memory(est.peak, opt.max_memory);
+    }
+    CalibActivations acts(model, cs);
     for (int l = 0; l < plan.num_layers; ++l) {
       const auto tl = Clock::now();
       const model::LayerWeights w = model.load_layer(l);
-      // 1) Hessian pass with full-precision weights (outputs discarded).
+      // 1) Hessian pass with full-precision weights (inputs of each Linear captured; the layer's
+      //    output is not needed, so down_proj is not computed).
       CaptureHook cap;
       cap.hadamard = s.hadamard;
       cap.want_amax = need_act_scale;
@@ -166,12 +216,11 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
         if (!m.empty() && (need_act_scale || (need_hessians && !hf)))
           cap.acc[g] = std::make_unique<gptq::HessianAccumulator>(m.front()->in, m.front()->name);
       }
-      std::vector<float> tmp;
-      for (int64_t i = 0; i < n; ++i) {
-        tmp = X[i];
-        model.layer_forward(l, w, tmp.data(), T, &cap);
-      }
+      acts.run(l, w, &cap, /*update=*/false);
       const double t_hess = since(tl);
+      ph.hessian += cap.seconds_hessian;
+      ph.act_amax += cap.seconds_amax;
+      ph.calib_forward += t_hess - cap.seconds_hessian - cap.seconds_amax;
       // 2) Solve each input group; assemble the quantized layer.
       model::LayerWeights wq = w;
       TransformHook th;
@@ -182,39 +231,63 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
         if (members.empty()) continue;
         std::vector<std::vector<float>> W;
         for (auto* m : members) W.push_back(w.lin[static_cast<int>(m->proj)].w);
-        std::vector<float> H;
-        int64_t samples = n;
-        if (hf) H = hf->read(members.front()->name, members.front()->in, &samples);
-        else if (need_hessians) H = cap.acc[g]->hessian();
         const float ags = need_act_scale ? activation_global_scale(cap.amax[g]) : 0.0f;
         th.active[g] = true;
         th.t[g] = InputTransform{s.hadamard, w4a4, s.format, need_act_scale ? ags : 1.0f};
-        auto solved = solve_group(s, members, std::move(W), need_hessians ? H.data() : nullptr, samples);
+        std::vector<Solved> solved;
+        int64_t samples = n;
+        if (hf) {
+          const std::vector<float> H = hf->read(members.front()->name, members.front()->in, &samples);
+          solved = solve_group(s, members, std::move(W), H.data(), samples, &ph);
+        } else if (need_hessians) {
+          linalg::HugeBuffer<float> H = cap.acc[g]->take_hessian();
+          cap.acc[g].reset();
+          solved = solve_group_inplace(s, members, std::move(W), H.data(), samples, &ph);
+        } else {
+          solved = solve_group(s, members, std::move(W), nullptr, samples, &ph);
+        }
         for (size_t i = 0; i < solved.size(); ++i) {
           Solved& sv = solved[i];
           wq.lin[static_cast<int>(members[i]->proj)].w = std::move(sv.deq_rot);
           sv.ql.input_global_scale = ags;
           if (sv.rec.hessian_err >= 0) { herr_sum += sv.rec.hessian_err; ++herr_n; }
           damp_max = std::max(damp_max, sv.rec.damp);
+          const auto te = Clock::now();
           sink.quantized(std::move(sv));
+          ph.export_ += since(te);
         }
       }
-      for (const auto& lp : plan.linears)
-        if (lp.layer == l && !lp.quantize) sink.kept(lp);
-      pass.flush(layer_prefix(l));
+      {
+        const auto te = Clock::now();
+        for (const auto& lp : plan.linears)
+          if (lp.layer == l && !lp.quantize) sink.kept(lp);
+        pass.flush(layer_prefix(l));
+        ph.export_ += since(te);
+      }
       // 3) Inputs of the next layer: this layer with quantized weights (and activations).
-      if (l + 1 < plan.num_layers)
-        for (int64_t i = 0; i < n; ++i) model.layer_forward(l, wq, X[i].data(), T, &th);
+      if (l + 1 < plan.num_layers || opt.forward_last_layer) {
+        const auto tf = Clock::now();
+        acts.run(l, wq, &th, /*update=*/true);
+        ph.act_quant += th.seconds;
+        ph.quant_forward += since(tf) - th.seconds;
+      }
       spdlog::info("layer {}/{}: {} samples, damp {}, mean h_err {:.3e}, Hessian pass {:.2f} s, layer {:.2f} s, ETA {:.0f} s",
                    l + 1, plan.num_layers, n, damp_max, herr_n ? herr_sum / herr_n : 0.0, t_hess, since(tl),
                    since(t0) / (l + 1) * (plan.num_layers - l - 1));
     }
   }
-  pass.flush("");
-  ex.finish();
-  out.commit();
+  {
+    const auto te = Clock::now();
+    pass.flush("");
+    ex.finish();
+    out.commit();
+    ph.export_ += since(te);
+  }
   result.records = std::move(sink.records());
   result.seconds = since(t0);
+  ph.total = result.seconds;
+  result.phases = ph;
+  spdlog::info("{}", phase_text(ph));
   spdlog::info("wrote {}\n{}", opt.out_dir, summary_text(result.records, result.seconds));
   if (!opt.report_path.empty()) {
     nlohmann::json run = {{"model", opt.model_dir}, {"output", opt.out_dir},

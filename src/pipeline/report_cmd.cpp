@@ -7,6 +7,7 @@
 
 #include "fp4q/core/error.h"
 #include "fp4q/io/writer.h"
+#include "fp4q/pipeline/estimate.h"
 #include "fp4q/pipeline/hessian_file.h"
 #include "internal.h"
 
@@ -31,9 +32,14 @@ void for_each_layer_hessians(const std::string& model_dir, const CalibOptions& c
   const auto& cfg = model.config();
   const auto cs = calibration_set(model_dir, cfg, c);
   const int64_t n = static_cast<int64_t>(cs.samples.size()), T = cs.seqlen;
-  check_memory(planned_calibration_bytes(cfg, n, T), max_memory);
-  std::vector<std::vector<float>> X(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) X[i] = model.embed(cs.samples[i]);
+  {
+    // Like a GPTQ run without solves, plus every Hessian kept for the report's plans.
+    const Plan plan = make_plan(model.files(), resolve_settings(format::FormatId::kNVFP4, Method::kGptq, -1, "",
+                                                                true, 0.01, exporter::Activations::kNone, {}));
+    RunEstimate est = estimate_run(cfg, plan, n, T, true, true);
+    check_memory(est.peak, max_memory);
+  }
+  CalibActivations acts(model, cs);
   for (int l = 0; l < cfg.n_layers; ++l) {
     const auto tl = Clock::now();
     const auto w = model.load_layer(l);
@@ -41,7 +47,7 @@ void for_each_layer_hessians(const std::string& model_dir, const CalibOptions& c
     const int64_t dims[kNumInputGroups] = {cfg.hidden, cfg.q_dim(), cfg.hidden, cfg.intermediate};
     for (int g = 0; g < kNumInputGroups; ++g)
       cap.acc[g] = std::make_unique<gptq::HessianAccumulator>(dims[g], model::linear_path(l, model::LinearKind::kQ));
-    for (int64_t i = 0; i < n; ++i) model.layer_forward(l, w, X[i].data(), T, &cap);  // full precision, in place
+    acts.run(l, w, &cap, /*update=*/true);  // full precision, X advanced in place
     LayerHessians lh;
     lh.samples = n;
     for (int g = 0; g < kNumInputGroups; ++g) {

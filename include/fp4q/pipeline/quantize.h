@@ -40,14 +40,41 @@ struct QuantizeOptions {
   std::string report_path;
   int64_t max_memory = 0;          // bytes; 0 = physical memory
   uint64_t max_shard_bytes = 5ull << 30;
+  bool forward_last_layer = false; // also run the quantized forward of the last layer (bench)
+};
+
+// Wall-clock seconds of each phase of a run, summed over layers (for logs and `fp4q bench`).
+struct PhaseTimes {
+  double calib_forward = 0;  // full-precision layer forward of the Hessian pass (hooks excluded)
+  double hessian = 0;        // Hessian accumulation (2/N XᵀX folds) inside the Hessian pass
+  double act_amax = 0;       // W4A4: amax of rotated inputs for the static activation scale
+  double scale_search = 0;   // weight scales (absmax / MSE, NVFP4 global-scale search)
+  double rotate = 0;         // Hadamard rotation of weights and Hessians, Hessian copies
+  double gptq_factor = 0;    // dead columns, damping, U with H⁻¹ = UᵀU
+  double gptq_sweep = 0;     // the GPTQ sweep (or RTN)
+  double stats = 0;          // per-Linear error statistics (and the RTN comparison)
+  double quant_forward = 0;  // layer forward with quantized weights (hooks excluded)
+  double act_quant = 0;      // W4A4 activation rotation + fake quantization in that forward
+  double export_ = 0;        // packing and writing the output
+  double total = 0;
 };
 
 struct QuantizeResult {
   std::vector<TensorRecord> records;
   double seconds = 0;
+  PhaseTimes phases;
 };
 
 QuantizeResult run_quantize(const QuantizeOptions& opt);
+
+// --dry-run: the plan, then the planned peak memory by component, the arithmetic by phase and
+// a time estimate from a quick GEMM probe on the current threads (pipeline/estimate.h). Reads
+// config.json and tensor headers only; tokenises nothing (n = --samples, T = --seqlen clipped
+// to max_position_embeddings).
+std::string dry_run_text(const QuantizeOptions& opt);
+
+// One log line with every phase's seconds.
+std::string phase_text(const PhaseTimes& p);
 
 // Plan as text (one line per Linear: quantize or kept and why) for --dry-run and the log.
 std::string plan_text(const Plan& plan);
