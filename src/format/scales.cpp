@@ -479,8 +479,10 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
                           const float* col_weights) {
   detail::check_shape(id, rows, cols, where);
   detail::check_finite(w, rows, cols, where);
-  if (method == ScaleMethod::kMseHess && !col_weights)
-    throw Error(ErrorKind::kUsage, "scale method mse-hess needs per-column weights (a Hessian)", where,
+  const bool weighted = method == ScaleMethod::kMseHess || method == ScaleMethod::kMseGptq;
+  if (weighted && !col_weights)
+    throw Error(ErrorKind::kUsage, std::string("scale method ") + scale_method_name(method) +
+                                       " needs per-column weights (a Hessian)", where,
                 "use it with a GPTQ method and calibration, or use --scales mse");
   const int g = spec(id).group_size;
   FP4Q_ASSERT(g <= 64);  // per-group scratch arrays in the choosers
@@ -498,8 +500,8 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
       gs = global_scale;
     } else {
       gs = nvfp4_global_scale(w, rows * cols);
-      if ((method == ScaleMethod::kMse || method == ScaleMethod::kMseHess) && rows * cols > 0)
-        gs = nv_search_global(w, rows, cols, g, gs, method == ScaleMethod::kMseHess ? col_weights : nullptr);
+      if ((method == ScaleMethod::kMse || weighted) && rows * cols > 0)
+        gs = nv_search_global(w, rows, cols, g, gs, weighted ? col_weights : nullptr);
     }
   }
   out.global_scale = gs;
@@ -511,9 +513,8 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
   }
   // kMseAbsGs is kMse per group (its only difference, no global-scale search, is above).
   // kMseHess is kMse weighted by col_weights (when given).
-  const ScaleMethod per_group =
-      (method == ScaleMethod::kMseAbsGs || method == ScaleMethod::kMseHess) ? ScaleMethod::kMse : method;
-  const float* cw = method == ScaleMethod::kMseHess ? col_weights : nullptr;
+  const ScaleMethod per_group = (method == ScaleMethod::kMseAbsGs || weighted) ? ScaleMethod::kMse : method;
+  const float* cw = weighted ? col_weights : nullptr;
   detail::for_rows(rows, cols, [&](int64_t r) {
     choose_row(id, w + r * cols, out.groups, g, per_group, gs, kFinalLo,
                out.codes.data() + r * out.groups, out.values.data() + r * out.groups, &fit, cw);

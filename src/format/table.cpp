@@ -44,8 +44,9 @@ ScaleMethod parse_scale_method(const std::string& name) {
   if (name == "mse-absgs") return ScaleMethod::kMseAbsGs;
   if (name == "fpquant") return ScaleMethod::kFpQuant;
   if (name == "mse-hess") return ScaleMethod::kMseHess;
+  if (name == "mse-gptq") return ScaleMethod::kMseGptq;
   throw Error(ErrorKind::kUsage, "unknown scale method '" + name + "'", "scale method",
-              "valid methods: absmax, mse (and for ablations: mse-absgs, fpquant, mse-hess)");
+              "valid methods: absmax, mse (and for ablations: mse-absgs, fpquant, mse-hess, mse-gptq)");
 }
 
 const char* scale_method_name(ScaleMethod m) {
@@ -55,6 +56,7 @@ const char* scale_method_name(ScaleMethod m) {
     case ScaleMethod::kMseAbsGs: return "mse-absgs";
     case ScaleMethod::kFpQuant: return "fpquant";
     case ScaleMethod::kMseHess: return "mse-hess";
+    case ScaleMethod::kMseGptq: return "mse-gptq";
   }
   return "unknown";
 }

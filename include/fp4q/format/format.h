@@ -38,7 +38,9 @@ enum class ScaleType : int { kE4M3 = 1, kE8M0 = 2, kF16 = 3, kLog8 = 4 };
 // global-scale search (absmax global scale); kFpQuant = FP-Quant's MSE observer (see choose_scales).
 // kMseHess: kMse with each element's squared error weighted by its column's weight (choose_scales'
 // col_weights; the pipeline passes diag(H) of the rotated Hessian: a GPTQ-aware scale choice).
-enum class ScaleMethod : int { kAbsmax = 1, kMse = 2, kMseAbsGs = 3, kFpQuant = 4, kMseHess = 5 };
+// kMseGptq: the same weighted MSE with GPTQ's own per-column error weights 1/U_kk² (the pipeline
+// passes gptq::column_costs).
+enum class ScaleMethod : int { kAbsmax = 1, kMse = 2, kMseAbsGs = 3, kFpQuant = 4, kMseHess = 5, kMseGptq = 6 };
 
 struct FormatSpec {
   FormatId id;
@@ -57,7 +59,7 @@ const std::vector<FormatSpec>& all_formats();
 const FormatSpec& spec(FormatId id);
 // Parses a name from the table; throws fp4q::Error(kUsage) listing the valid names.
 FormatId parse_format(const std::string& name);
-ScaleMethod parse_scale_method(const std::string& name);  // absmax | mse | mse-absgs | fpquant | mse-hess
+ScaleMethod parse_scale_method(const std::string& name);  // absmax | mse | mse-absgs | fpquant | mse-hess | mse-gptq
 const char* scale_method_name(ScaleMethod m);
 
 // ---- element codecs (exhaustively tested) ----
@@ -145,7 +147,7 @@ float nvfp4_global_scale(const float* w, int64_t n);
 // global_scale > 0 fixes the NVFP4 global scale (shared by fused layers); <= 0 computes it.
 // All-zero groups get scale code 0 and value 0 (dequantize to exact zeros, never NaN).
 // Throws fp4q::Error(kNumeric) on non-finite input; `where` names the tensor.
-// col_weights [cols] (kMseHess only; nullptr = unweighted): the MSE objective and the NVFP4
+// col_weights [cols] (kMseHess / kMseGptq only, required there): the MSE objective and the NVFP4
 // global-scale search minimise sum_j col_weights[j] * (x_j - x_hat_j)^2 instead.
 GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t cols,
                           ScaleMethod method, float global_scale = 0.0f,
