@@ -10,7 +10,9 @@
 #   CALIB_WINDOWS=FILE (exact windows, e.g. from tools/fpquant_side_by_side.sh prepare) or
 #   CALIB_TEXT (default shared tinyshakespeare; the eval texts are never used for calibration),
 #   SAMPLES=128 SEQLEN=512 SEED=42, EVAL_SEQLEN=512, EVAL_MAX_WINDOWS=0 (0 = whole texts),
-#   THREADS=0, FP4Q=build/fp4q, NICE=19 (niceness of every fp4q run).
+#   THREADS=0, FP4Q=build/fp4q, NICE=19 (niceness of every fp4q run),
+#   EXTRA_ARGS="..." (appended to every row, e.g. "--scales mse-hess" with ROWS="base seed-1 seed-2"),
+#   TAG_SUFFIX (appended to the row's file names in WORK).
 # Rows (name: the one change; "ref-*" rows are reference methods, not ablations):
 #   base            MR-GPTQ defaults
 #   had0 had16 had32 had64   rotation block (the default one is skipped)
@@ -105,7 +107,8 @@ for fmt in $formats; do
         ref-rtn) args+=(--method rtn) ;;
         *) echo "unknown row $row" >&2; exit 2 ;;
       esac
-      tag="$fmt-$acts-$row"
+      [ -n "${EXTRA_ARGS:-}" ] && read -r -a extra <<<"$EXTRA_ARGS" && args+=("${extra[@]}")
+      tag="$fmt-$acts-$row${TAG_SUFFIX:-}"
       out="$work/$tag"
       [ "$fmt" = mxfp4-fit ] && { [ "$acts" = none ] || continue; args+=(--export dequant); }
       c=("${calib[@]}")

@@ -10,6 +10,7 @@
 #include "fp4q/calib/windows.h"
 #include "fp4q/core/error.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/gptq/column_costs.h"
 #include "fp4q/gptq/gptq.h"
 #include "fp4q/model/tokenizer.h"
 #include "fp4q/transform/hadamard.h"
@@ -56,6 +57,19 @@ std::vector<Solved> solve_group_inplace(const QuantSettings& s,
   const double t_rot = since(t0);
   pt.rotate += t_rot;
   t0 = Clock::now();
+  // --scales mse-hess / mse-gptq (ablations, issue 9): the per-group MSE weighted by diag(H) of the
+  // rotated Hessian, or by GPTQ's own per-column error weights (gptq::column_costs).
+  std::vector<float> col_w;
+  if (H && s.scales == format::ScaleMethod::kMseHess) {
+    col_w.resize(static_cast<size_t>(in));
+    for (int64_t j = 0; j < in; ++j) col_w[j] = H[j * in + j];
+  } else if (H && s.scales == format::ScaleMethod::kMseGptq) {
+    gptq::GptqOptions co;
+    co.damp = s.damp;
+    co.act_order = s.act_order;
+    col_w = gptq::column_costs(H, in, co);
+  }
+  const float* cw = col_w.empty() ? nullptr : col_w.data();
   // Fused members share one NVFP4 global scale: the smallest keeps every group scale <= 448.
   float shared_gs = 0.0f;
   if (format::spec(fmt).has_global_scale && members.size() > 1) {
@@ -64,7 +78,7 @@ std::vector<Solved> solve_group_inplace(const QuantSettings& s,
       const float gs = s.scales == format::ScaleMethod::kAbsmax
                            ? format::nvfp4_global_scale(W[i].data(), members[i]->out * in)
                            : format::choose_scales(fmt, W[i].data(), members[i]->out, in, s.scales,
-                                                   0.0f, members[i]->name).global_scale;
+                                                   0.0f, members[i]->name, cw).global_scale;
       shared_gs = std::min(shared_gs, gs);
     }
   }
@@ -74,7 +88,7 @@ std::vector<Solved> solve_group_inplace(const QuantSettings& s,
   for (size_t i = 0; i < members.size(); ++i) {
     const auto t1 = Clock::now();
     const LinearPlan& lp = *members[i];
-    const auto scales = format::choose_scales(fmt, W[i].data(), lp.out, in, s.scales, shared_gs, lp.name);
+    const auto scales = format::choose_scales(fmt, W[i].data(), lp.out, in, s.scales, shared_gs, lp.name, cw);
     pt.scale_search += since(t1);
     gptq::GptqOptions go;
     go.damp = s.damp;

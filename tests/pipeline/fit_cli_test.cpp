@@ -73,3 +73,26 @@ TEST(Mxfp4FitCli, ReportRtnUnderMseScalesNeverWorseThanMxfp4) {
   ASSERT_EQ(fit.size(), 30u);
   for (const auto& [name, e] : fit) EXPECT_LE(e, mx[name]) << name;
 }
+
+// The Hessian-weighted ablation scale rules reach choose_scales through solve_group (they would
+// be refused without the weights) and change the result; RTN has no Hessian and is refused.
+TEST(AblationScalesCli, MseHessAndMseGptqRunWithHessians) {
+  fp4q_test::TempDir t;
+  std::map<std::string, std::string> models;
+  for (const std::string sc : {"mse", "mse-hess", "mse-gptq"}) {
+    const auto r = run("-q quantize " + kModel + " " + t / sc + " --scales " + sc + " --export dequant" + kCalib +
+                           " --report " + t / (sc + ".json"),
+                       t.path());
+    ASSERT_EQ(r.code, 0) << sc << ": " << r.err;
+    std::ifstream f(t / (sc + "/model.safetensors"), std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    models[sc] = ss.str();
+  }
+  EXPECT_NE(models["mse"], models["mse-hess"]);
+  EXPECT_NE(models["mse"], models["mse-gptq"]);
+  EXPECT_NE(models["mse-hess"], models["mse-gptq"]);
+  const auto r = run("-q quantize " + kModel + " " + t / "rtn --method rtn --scales mse-hess" + kCalib, t.path());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("needs per-column weights"), std::string::npos) << r.err;
+}
