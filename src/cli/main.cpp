@@ -2,6 +2,7 @@
 //   0 ok, 1 unexpected exception, 2 usage (incl. command-line parse errors), 3 bad input,
 //   4 I/O, 5 numerical, 70 internal.
 // Logs go to stderr; machine-readable output (inspect --json, report, formats) to stdout.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 
@@ -35,6 +36,10 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("-t,--threads", threads, "Threads for OpenMP and BLAS (default: all cores)");
 
+  // A file-size limit (ulimit -f / RLIMIT_FSIZE) must end like a full disk: write(2) fails with
+  // EFBIG, the I/O error names the file and the temporary output directory is removed. By
+  // default SIGXFSZ would kill the process instead and leave OUT.tmp-* behind.
+  std::signal(SIGXFSZ, SIG_IGN);
   fp4q::cli::register_all(app);
   try {
     app.parse(argc, argv);
