@@ -146,8 +146,7 @@ EvalResult run_eval(const EvalOptions& opt) {
   const auto t0 = Clock::now();
   const bool quantized = is_quantized_dir(opt.dir);
   auto model = model::Model::open(opt.dir, quantized);
-  if (opt.dtype != ComputeDtype::kF32)  // TEMP until model::Model has a compute dtype
-    throw Error(ErrorKind::kUsage, "--dtype bf16 is not available yet", "--dtype");
+  model.set_compute_dtype(opt.dtype);
   const auto& cfg = model.config();
   std::unique_ptr<exporter::ImportedModel> im;
   std::unique_ptr<QuantizedWeights> qw;

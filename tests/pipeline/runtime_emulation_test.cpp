@@ -13,6 +13,8 @@
 
 #include "fp4q/core/compute_dtype.h"
 #include "fp4q/format/format.h"
+#include "fp4q/model/bf16_ops.h"
+#include "fp4q/model/layers.h"
 #include "fp4q/pipeline/act_quant.h"
 #include "fp4q/transform/hadamard.h"
 #include "run_util.h"
@@ -426,6 +428,62 @@ TEST(RuntimeEmulation, ParseNames) {
   EXPECT_THROW(fp4q::pipeline::parse_compute_dtype("f16"), std::exception);
 }
 
+// ---- bf16 model emulation (model/bf16_ops.h, Model::set_compute_dtype) ----------------------
+
+bool bf16_exact(float v) { return (bits(v) & 0xffffu) == 0; }
+
+TEST(RuntimeEmulation, Bf16OpsRoundAtTheDocumentedPoints) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  // RMSNorm: bf16(w · bf16(x · inv)), inv from the float32 mean of squares.
+  const int64_t rows = 7, n = 64;
+  std::vector<float> x(rows * n), w(n), y(rows * n);
+  for (auto& v : x) v = ref_bf16(n01(rng) * 3.0f);
+  for (auto& v : w) v = ref_bf16(1.0f + 0.1f * n01(rng));
+  fp4q::model::rms_norm_bf16(x.data(), rows, n, n, w.data(), 1e-5, y.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(x[r * n + j]) * x[r * n + j];
+    const float inv = fl(1.0 / std::sqrt(static_cast<double>(fl(fl(ss / n) + 1e-5f))));
+    for (int64_t j = 0; j < n; ++j) {
+      const float want = ref_bf16(fl(static_cast<double>(w[j]) * ref_bf16(fl(static_cast<double>(x[r * n + j]) * inv))));
+      ASSERT_EQ(y[r * n + j], want) << r << "," << j;
+    }
+  }
+  // SwiGLU: bf16(bf16(silu(g)) · u); outputs are bf16 values.
+  std::vector<float> g(1000), u(1000);
+  for (auto& v : g) v = ref_bf16(n01(rng) * 4.0f);
+  for (auto& v : u) v = ref_bf16(n01(rng));
+  std::vector<float> g2 = g;
+  fp4q::model::swiglu_bf16(g2.data(), u.data(), 1000);
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double silu = g[i] / (1.0 + std::exp(-static_cast<double>(g[i])));
+    ASSERT_TRUE(bf16_exact(g2[i]));
+    ASSERT_NEAR(g2[i], silu * u[i], 1e-2 * (std::fabs(silu * u[i]) + 1e-3)) << i;
+  }
+}
+
+TEST(RuntimeEmulation, Bf16AttentionMatchesFloat64WithinBf16Precision) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  const int64_t n_seq = 2, T = 9;
+  const int H = 4, KV = 2, D = 8;
+  std::vector<float> q(n_seq * T * H * D), k(n_seq * T * KV * D), v(n_seq * T * KV * D), o(q.size()), o32(q.size());
+  for (auto* a : {&q, &k, &v})
+    for (auto& x : *a) x = ref_bf16(n01(rng));
+  fp4q::model::attention_bf16(q.data(), k.data(), v.data(), n_seq, T, H, KV, D, o.data());
+  for (int64_t s = 0; s < n_seq; ++s)
+    fp4q::model::attention_ref(q.data() + s * T * H * D, k.data() + s * T * KV * D, v.data() + s * T * KV * D, T, H,
+                               KV, D, o32.data() + s * T * H * D);
+  for (size_t i = 0; i < o.size(); ++i) {
+    ASSERT_TRUE(bf16_exact(o[i]));
+    ASSERT_NEAR(o[i], o32[i], 3e-2) << i;
+  }
+  // The first query attends to itself only: its output is v[0] exactly (probability 1).
+  for (int h = 0; h < H; ++h)
+    for (int j = 0; j < D; ++j) ASSERT_EQ(o[h * D + j], v[(h / 2) * D + j]);
+}
+
 // The CLI: eval --runtime picks the rule (an MXFP4 W4A4 model evaluates differently under the two
 // runtimes), the default is the layout's runtime, bad names are usage errors (exit 2).
 TEST(RuntimeEmulation, EvalRuntimeOption) {
@@ -451,6 +509,13 @@ TEST(RuntimeEmulation, EvalRuntimeOption) {
   EXPECT_NE(ct, fq);          // 2^E/3 scales and ties toward zero change the result
   EXPECT_EQ(fq, fq_layout);   // the fp-quant layout defaults to the fp-quant runtime, same weights
   EXPECT_NEAR(fq / ct, 1.0, 0.2);
+  // bf16 emulation: finite and different from f32. (Not close: W4A4 MXFP4 on this 64-wide model is
+  // chaotic, any perturbation of the activations moves a window's NLL by ~0.1 nat.)
+  const double bf = ppl(tmp / "mx", "--dtype bf16"), bf_fq = ppl(tmp / "mx", "--runtime fp-quant --dtype bf16");
+  EXPECT_NE(bf, ct);
+  EXPECT_NE(bf_fq, fq);
+  EXPECT_NEAR(bf / ct, 1.0, 0.25);
+  EXPECT_NEAR(bf_fq / fq, 1.0, 0.25);
   EXPECT_EQ(fp4q_test::run_fp4q("eval " + (tmp / "mx") + " --runtime vllm-marlin").code, 2);
   EXPECT_EQ(fp4q_test::run_fp4q("eval " + (tmp / "mx") + " --dtype f16").code, 2);
 }
