@@ -239,7 +239,8 @@ def run_fpq_case(log, case, man, root, device, res):
                           vocab, root, None, TARGETS["bf16_ppl_rel"])
     out["bf16_vs_fp4q_f32"] = compare(log, "fp_quant bf16 vs fp4q fp-quant f32 (info)", lg, ppl,
                                       case["fp4q"]["fp-quant"]["f32"], vocab, root, None, float("inf"))
-    model = model.float()
+    # nn.Module.float directly: transformers refuses .float() on a quantized model (is_quantized).
+    model = torch.nn.Module.float(model)
     copied = load_exact(model, safetensors_dict(d, device))
     log(f"  fp32: model.float() + {copied} tensors re-read exactly; act_global_scale "
         f"{float(m0.act_global_scale[0])!r}, H[0,0] {float(m0.forward_hadamard_matrix[0, 0])!r}")
