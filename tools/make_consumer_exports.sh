@@ -14,9 +14,11 @@
 #     ROOT       default .device/consumers/<model name> (git-ignored; carry it to the device)
 #   environment: FP4Q (binary, default build/fp4q), SEQLEN (256), PPL_WINDOWS (16),
 #                LOGITS_TOKENS (128), SAMPLES (16 calibration windows of SEQLEN tokens),
-#                TEXT (evaluation text, default the bundled WikiText-2 test text), DTYPES ("f32 bf16")
+#                TEXT (evaluation text, default the bundled WikiText-2 test text), DTYPES ("f32 bf16"),
+#                CASES (space-separated subset of the case names, e.g. "nvfp4_rtn_h16 mxfp4_rtn_h32")
 # Keep the folder small enough to carry (the device takes 64 MiB in all): for stories260K it is
-# about 20 MiB; for a larger model lower LOGITS_TOKENS (logits are T x vocab float32 files).
+# about 25 MiB; for a larger model lower LOGITS_TOKENS (logits are T x vocab float32 files) and
+# pick CASES (each case holds the model twice).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 fp4q="${FP4Q:-$here/build/fp4q}"
@@ -65,6 +67,7 @@ for fmt in nvfp4 mxfp4; do
   for method in rtn mr-gptq; do
     for had in 0 "$block"; do
       c="${fmt}_${method}_h${had}"
+      if [[ -n "${CASES:-}" && " $CASES " != *" $c "* ]]; then continue; fi
       cases+=("$c")
       common=(--format "$fmt" --method "$method" --hadamard "$had" --activations fp4
               --samples "$samples" --seqlen "$seqlen" --force)
