@@ -75,10 +75,9 @@ std::vector<Solved> solve_group_inplace(const QuantSettings& s,
   if (format::spec(fmt).has_global_scale && members.size() > 1) {
     shared_gs = INFINITY;
     for (size_t i = 0; i < members.size(); ++i) {
-      const float gs = s.scales == format::ScaleMethod::kAbsmax
-                           ? format::nvfp4_global_scale(W[i].data(), members[i]->out * in)
-                           : format::choose_scales(fmt, W[i].data(), members[i]->out, in, s.scales,
-                                                   0.0f, members[i]->name, cw).global_scale;
+      // Each member's searched global scale (no group codes: those come once, below).
+      const float gs = format::nvfp4_search_global_scale(W[i].data(), members[i]->out, in, s.scales,
+                                                         members[i]->name, cw);
       shared_gs = std::min(shared_gs, gs);
     }
   }

@@ -149,6 +149,13 @@ float nvfp4_global_scale(const float* w, int64_t n);
 // Throws fp4q::Error(kNumeric) on non-finite input; `where` names the tensor.
 // col_weights [cols] (kMseHess / kMseGptq only, required there): the MSE objective and the NVFP4
 // global-scale search minimise sum_j col_weights[j] * (x_j - x_hat_j)^2 instead.
+// The NVFP4 global scale that choose_scales(kNVFP4, w, ..., method, 0) SEARCHES (before its final
+// comparison with the absmax global scale on every row), without choosing group scales: absmax
+// methods give nvfp4_global_scale(w). Fused layers (q/k/v, gate/up) take the minimum of their
+// members' and pass it to choose_scales, so no member pays for a full code pass twice.
+float nvfp4_search_global_scale(const float* w, int64_t rows, int64_t cols, ScaleMethod method,
+                                const std::string& where = {}, const float* col_weights = nullptr);
+
 GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t cols,
                           ScaleMethod method, float global_scale = 0.0f,
                           const std::string& where = {}, const float* col_weights = nullptr);
