@@ -75,20 +75,6 @@ void validate(const float* w, int64_t rows, int64_t cols, const float* h,
   }
 }
 
-// In-place transpose of the square a [n x n], tile pairs swapped by one thread each.
-void transpose_square(float* a, int64_t n) {
-  constexpr int64_t kT = 64;
-  const int64_t tiles = (n + kT - 1) / kT;
-  parallel_for_dynamic(tiles, [&](long ti) {
-    const int64_t i0 = ti * kT, i1 = std::min(n, i0 + kT);
-    for (int64_t j0 = i0; j0 < n; j0 += kT) {
-      const int64_t j1 = std::min(n, j0 + kT);
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) std::swap(a[i * n + j], a[j * n + i]);
-    }
-  });
-}
-
 // Full symmetric copy of the lower triangle of h [n x n].
 linalg::HugeBuffer<float> symmetric_copy(const float* h, int64_t n) {
   linalg::HugeBuffer<float> s(static_cast<size_t>(n * n));
@@ -249,8 +235,8 @@ void rotate_weight(float* w, int64_t rows, int64_t cols, int block) {
 void rotate_hessian(float* h, int64_t n, int block) {
   if (!transform::check_hadamard_block(n, block)) return;
   transform::hadamard_rows(h, n, n, block);  // H·B
-  transpose_square(h, n);                    // (H·B)ᵀ = B·H
-  transform::hadamard_rows(h, n, n, block);  // B·H·B
+  transform::hadamard_cols(h, n, n, block);  // B·H·B (the transpose of what a second
+                                             // hadamard_rows of (H·B)ᵀ gives; symmetrised below)
   constexpr int64_t kT = 64;                 // exact symmetrisation, tile by tile
   const int64_t tiles = (n + kT - 1) / kT;
   parallel_for_dynamic(tiles, [&](long ti) {

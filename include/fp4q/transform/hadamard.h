@@ -27,6 +27,11 @@ bool check_hadamard_block(int64_t cols, int block, const char* where = nullptr);
 // v * H_b / sqrt(b). Fast Walsh–Hadamard butterflies (b log b adds per block) then one multiply
 // by 1/sqrt(b); OpenMP over rows, result independent of the thread count.
 void hadamard_rows(float* x, int64_t rows, int64_t cols, int block);
+// The same transform applied along the ROWS dimension: x [rows x cols] <- B·x, i.e. each
+// consecutive `block`-row block R becomes H_b/sqrt(b) · R (rows must be divisible by block).
+// Every column sees exactly the butterflies hadamard_rows applies to a row, so hadamard_cols(x)
+// equals transpose(hadamard_rows(transpose(x))) bit for bit. OpenMP over column chunks.
+void hadamard_cols(float* x, int64_t rows, int64_t cols, int block);
 // Same in double precision (e.g. for rotating a Hessian: H <- B H B is hadamard_rows on H, then
 // on its transpose — H is symmetric so twice hadamard_rows with a transpose in between).
 void hadamard_rows(double* x, int64_t rows, int64_t cols, int block);
