@@ -21,15 +21,17 @@
 # separated cell names, default all), JOBS (FP-Quant cells run concurrently on the GPU, default 4),
 # FPQ_DTYPE (FP-Quant model dtype while quantizing: float32 (default) or bfloat16), PYTHON (python3).
 #
-# Cells: <fmt>-<w4a16|w4a4>-<method>, fmt nvfp4|mxfp4, method rtn|gptq|mrgptq; FP-Quant NVFP4 cells
-# also come as <...>-fused (--fuse_global_scale: one weight global scale for q/k/v and for gate/up,
+# Cells: <fmt>-<w4a16|w4a4>-<method>, fmt nvfp4|mxfp4, method rtn|gptq|mrgptq|mrgptq0; FP-Quant NVFP4
+# gptq/mrgptq cells also come as <...>-fused (--fuse_global_scale: one weight global scale for q/k/v and for gate/up,
 # as fp4q always does). FP-Quant's flags per method (fp-quant-reference.md §2, paper §4.1/§5):
 #   rtn    : (no --gptq), minmax scales, identity transform
 #   gptq   : --gptq, minmax scales, natural order, identity transform
 #   mrgptq : --gptq --w_observer mse --quantization_order activation --transform_class hadamard
 #            --hadamard_group_size 16 (nvfp) / 32 (mxfp)
+#   mrgptq0: mrgptq without the rotation (--transform_class identity), isolating the rotation
+#   mrgptqh: fp4q only: mr-gptq --scales mse-hess (diag(H)-weighted MSE scales, the issue-9 candidate)
 # fp4q: --method rtn | gptq | mr-gptq with its defaults (gptq: absmax, no rotation, static
-# act-order; mr-gptq: rotation 16/32, MSE scales, static act-order).
+# act-order; mr-gptq: rotation 16/32, MSE scales, static act-order; mrgptq0: mr-gptq --hadamard 0).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 fp4q="${FP4Q:-$here/build/fp4q}"
@@ -48,9 +50,10 @@ wt2_text="$here/data/text/wikitext2-test.txt"
 frank_text="$here/data/text/calib-frankenstein.txt"   # = shared/data/frankenstein/frankenstein.txt
 
 all_cells() {
-  for fmt in nvfp4 mxfp4; do for a in w4a16 w4a4; do for m in rtn gptq mrgptq; do
+  for fmt in nvfp4 mxfp4; do for a in w4a16 w4a4; do for m in rtn gptq mrgptq mrgptq0 mrgptqh; do
+    [ "$m" = mrgptqh ] && [ "${1:-}" = fpquant ] && continue   # fp4q-only cell
     echo "$fmt-$a-$m"
-    if [ "$fmt" = nvfp4 ] && [ "${1:-}" = fpquant ]; then echo "$fmt-$a-$m-fused"; fi
+    case "$fmt-$m-${1:-}" in nvfp4-gptq-fpquant|nvfp4-mrgptq-fpquant) echo "$fmt-$a-$m-fused" ;; esac
   done; done; done
 }
 
@@ -119,8 +122,10 @@ PY
     grep -q "^$cell	" "$tsv" && continue
     IFS=- read -r fmt a m <<<"$cell"
     acts=$([ "$a" = w4a4 ] && echo fp4 || echo none)
-    meth=$([ "$m" = mrgptq ] && echo mr-gptq || echo "$m")
-    "$fp4q" -q -t "$threads" quantize "$model" "$out/$cell" --force --format "$fmt" --method "$meth" \
+    meth=$(case "$m" in mrgptq*) echo mr-gptq ;; *) echo "$m" ;; esac)
+    extra=$(case "$m" in mrgptq0) echo "--hadamard 0" ;; mrgptqh) echo "--scales mse-hess" ;; esac)
+    # shellcheck disable=SC2086
+    "$fp4q" -q -t "$threads" quantize "$model" "$out/$cell" --force --format "$fmt" --method "$meth" $extra \
       --activations "$acts" --calib-windows "$work/calib.json" --report "$out/$cell.report.json"
     score "$out/$cell" "$cell"
     rm -rf "${out:?}/$cell"
@@ -148,6 +153,7 @@ fpquant)
         rtn) ;;
         gptq) args="$args --gptq" ;;
         mrgptq) args="$args --gptq --w_observer mse --quantization_order activation --transform_class hadamard --hadamard_group_size $g" ;;
+        mrgptq0) args="$args --gptq --w_observer mse --quantization_order activation" ;;
       esac
       [ "${fused:-}" = fused ] && args="$args --fuse_global_scale"
     fi

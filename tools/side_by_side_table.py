@@ -70,9 +70,10 @@ def main(argv=None):
         bq = fq.get(("unquantized", ev), {}).get("ppl")
         out.append(f"### {ev} (unquantized: fp4q {b4 if b4 else 'n/a'}, FP-Quant/transformers {a.dtype} "
                    f"{f'{bq:.4f}' if bq else 'n/a'})\n")
-        out.append("| cell | FP-Quant RTN | FP-Quant GPTQ | FP-Quant MR-GPTQ | FP-Quant MR-GPTQ fused gs | "
-                   "fp4q RTN | fp4q GPTQ | fp4q MR-GPTQ | fp4q MR-GPTQ vs best FP-Quant MR-GPTQ |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        out.append("| cell | FP-Quant RTN | FP-Quant GPTQ | FP-Quant MR-GPTQ no rot. | FP-Quant MR-GPTQ | "
+                   "FP-Quant MR-GPTQ fused gs | fp4q RTN | fp4q GPTQ | fp4q MR-GPTQ no rot. | fp4q MR-GPTQ | "
+                   "fp4q MR-GPTQ mse-hess | fp4q MR-GPTQ vs best FP-Quant MR-GPTQ |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for fmt in FORMATS:
             for acts in ACTS:
                 c = f"{fmt}-{acts}"
@@ -92,8 +93,10 @@ def main(argv=None):
                     d = ours - min(mr)
                     verdict = f"{d:+.2f} pt " + ("(tie)" if abs(d) <= 0.05 else "(fp4q better)" if d < 0 else "(fp4q WORSE)")
                 out.append(f"| {fmt.upper()} {acts.upper()} | {fmt_pct(fpq('rtn'))} | {fmt_pct(fpq('gptq'))} | "
-                           f"{fmt_pct(fpq('mrgptq'))} | {fmt_pct(fpq('mrgptq-fused')) if fmt == 'nvfp4' else '-'} | "
-                           f"{fmt_pct(f4('rtn'))} | {fmt_pct(f4('gptq'))} | {fmt_pct(ours)} | {verdict} |")
+                           f"{fmt_pct(fpq('mrgptq0'))} | {fmt_pct(fpq('mrgptq'))} | "
+                           f"{fmt_pct(fpq('mrgptq-fused')) if fmt == 'nvfp4' else '-'} | "
+                           f"{fmt_pct(f4('rtn'))} | {fmt_pct(f4('gptq'))} | {fmt_pct(f4('mrgptq0'))} | {fmt_pct(ours)} | "
+                           f"{fmt_pct(f4('mrgptqh'))} | {verdict} |")
         out.append("")
     # proxy losses (mean over quantized Linears, undamped Hessian, rotated domain = unrotated)
     out.append("Mean proxy loss tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) over the quantized Linears (each tool's own Hessians):\n")
@@ -102,7 +105,7 @@ def main(argv=None):
     ev0 = evals[0] if evals else None
     for fmt in FORMATS:
         for acts in ACTS:
-            for m in ("rtn", "gptq", "mrgptq", "mrgptq-fused"):
+            for m in ("rtn", "gptq", "mrgptq0", "mrgptq", "mrgptqh", "mrgptq-fused"):
                 cell = f"{fmt}-{acts}-{m}"
                 a_ = fq.get((cell, ev0), {}).get("h_err")
                 b_ = q4.get((cell, ev0), {}).get("mean_h_err")
