@@ -211,7 +211,7 @@ def install_stubs(hessian_mode, log):
             y = x.reshape(-1, n).to(torch.float32)
             h = 1
             while h < n:  # in-place butterflies of the Sylvester (natural order) H_n
-                y = y.view(-1, n // (2 * h), 2, h)
+                y = y.reshape(-1, n // (2 * h), 2, h)
                 a, b = y[:, :, 0, :], y[:, :, 1, :]
                 y = torch.stack((a + b, a - b), dim=2)
                 h *= 2
