@@ -100,8 +100,8 @@ std::vector<Solved> solve_group_inplace(const QuantSettings& s,
     pt.gptq_sweep += r.stats.seconds_sweep;
     pt.stats += r.stats.seconds_stats;
     Solved sv;
-    sv.deq_rot.resize(static_cast<size_t>(lp.out * in));
-    format::dequantize(r.q, sv.deq_rot.data());
+    format::dequantize(r.q, W[i].data());  // W[i] (the rotated input) is no longer needed
+    sv.deq_rot = std::move(W[i]);
     sv.ql.name = lp.name;
     sv.ql.hadamard = s.hadamard;
     sv.ql.q = std::move(r.q);

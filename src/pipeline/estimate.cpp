@@ -82,7 +82,7 @@ RunEstimate estimate_run(const model::ModelConfig& c, const Plan& plan, int64_t 
 
   // Memory (bytes).
   e.embeddings = static_cast<int64_t>(4.0 * c.vocab * d * (c.tie_embeddings ? 1 : 2));
-  e.weights = static_cast<int64_t>(4.0 * 2 * layer_w);
+  e.weights = static_cast<int64_t>(4.0 * layer_w);  // one layer; solved Linears move in place
   if (calibrate) {
     e.activations = static_cast<int64_t>(4.0 * tokens * d);
     e.batch = static_cast<int64_t>(4.0 * B * T * d);
@@ -96,7 +96,9 @@ RunEstimate estimate_run(const model::ModelConfig& c, const Plan& plan, int64_t 
       for (int h = g + 1; h < kNumInputGroups; ++h)
         if (gq[h] && gptq) later += gdim[h] * gdim[h];
       const double ng = gdim[g];
-      const double sg = (gptq ? 2 * ng * ng : 0) + 2 * grows[g] * ng + 2.5 * gmax_rows[g] * ng;
+      // H and U, the solver's working copy / ΔW of the largest member (+ its codes), the codes
+      // of every member kept until the group is exported.
+      const double sg = (gptq ? 2 * ng * ng : 0) + 2.75 * gmax_rows[g] * ng + 0.25 * grows[g] * ng;
       solve = std::max(solve, sg + later);
     }
     e.hessians = static_cast<int64_t>(4.0 * acc);
@@ -105,8 +107,8 @@ RunEstimate estimate_run(const model::ModelConfig& c, const Plan& plan, int64_t 
     // Data-free: one group's weights, the solver's copies and (GPTQ from a file) H and U.
     double solve = 0;
     for (int g = 0; g < kNumInputGroups; ++g)
-      if (gq[g]) solve = std::max(solve, (gptq ? 2 * gdim[g] * gdim[g] : 0) + 2 * grows[g] * gdim[g] +
-                                             2.5 * gmax_rows[g] * gdim[g]);
+      if (gq[g]) solve = std::max(solve, (gptq ? 2 * gdim[g] * gdim[g] : 0) + grows[g] * gdim[g] +
+                                             2.75 * gmax_rows[g] * gdim[g]);
     e.solve = static_cast<int64_t>(4.0 * solve);
     e.weights = 0;
     e.embeddings = 0;

@@ -205,7 +205,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
     CalibActivations acts(model, cs);
     for (int l = 0; l < plan.num_layers; ++l) {
       const auto tl = Clock::now();
-      const model::LayerWeights w = model.load_layer(l);
+      model::LayerWeights w = model.load_layer(l);
       // 1) Hessian pass with full-precision weights (inputs of each Linear captured; the layer's
       //    output is not needed, so down_proj is not computed).
       CaptureHook cap;
@@ -221,8 +221,10 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       ph.hessian += cap.seconds_hessian;
       ph.act_amax += cap.seconds_amax;
       ph.calib_forward += t_hess - cap.seconds_hessian - cap.seconds_amax;
-      // 2) Solve each input group; assemble the quantized layer.
-      model::LayerWeights wq = w;
+      // 2) Solve each input group; the quantized layer is assembled in w itself (each solved
+      //    Linear's float32 weight moves into the solver and its dequantized result moves back:
+      //    no copy of the layer is made).
+      model::LayerWeights& wq = w;
       TransformHook th;
       double herr_sum = 0, damp_max = 0;
       int herr_n = 0;
@@ -230,7 +232,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
         auto members = group_members(plan, l, g, true);
         if (members.empty()) continue;
         std::vector<std::vector<float>> W;
-        for (auto* m : members) W.push_back(w.lin[static_cast<int>(m->proj)].w);
+        for (auto* m : members) W.push_back(std::move(w.lin[static_cast<int>(m->proj)].w));
         const float ags = need_act_scale ? activation_global_scale(cap.amax[g]) : 0.0f;
         th.active[g] = true;
         th.t[g] = InputTransform{s.hadamard, w4a4, s.format, need_act_scale ? ags : 1.0f};

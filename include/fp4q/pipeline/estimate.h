@@ -7,9 +7,10 @@
 //   batch copy    B·T·d                       the Hessian pass works on a copy (it adds residuals)
 //   forward       B·T·(2d + 2q + 2kv + 2I)    layer_forward scratch (normed x, q, k, v, ctx, gate, up)
 //   Hessians      Σ_g n_g²                    one accumulator per quantized input group, pass 1
-//   solve         n_g² (H) + n_g² (U) + 4·rows_g·n_g (+ 2 bytes/elem codes), largest group g,
-//                 with the accumulators of later groups still alive
-//   weights       3 × one layer (float32 original, the quantized copy, the solver's copies)
+//   solve         n_g² (H) + n_g² (U) + 2.75·maxrows_g·n_g (the solver's working copy, ΔW and
+//                 codes of the largest member) + 0.25·rows_g·n_g (codes of every member), largest
+//                 group g, with the accumulators of later groups still alive
+//   weights       one layer in float32 (solved Linears move into the solver and back)
 //   embeddings    vocab·d (+ lm_head when untied)
 // The peak is activations + batch + forward + weights + embeddings + max(Hessians, solve).
 //
