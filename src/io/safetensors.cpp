@@ -433,24 +433,30 @@ void pread_all(int fd, void* buf, uint64_t n, uint64_t off, const std::string& p
 }  // namespace
 
 std::vector<float> SafetensorsFile::read_f32(const TensorInfo& info) const {
+  std::vector<float> out;
+  read_f32_into(info, out);
+  return out;
+}
+
+void SafetensorsFile::read_f32_into(const TensorInfo& info, std::vector<float>& out) const {
   const std::string where = tensor_where(path_, info.name);
   if (!is_float_dtype(info.dtype)) {
     convert_to_f32(info.dtype, nullptr, 0, nullptr, where);  // throws the dtype error
   }
   FP4Q_ASSERT(map_ != nullptr && info.offset + info.nbytes <= size_ - 8 - header_len_);
   test_stop_hook();
-  std::vector<float> out(static_cast<size_t>(info.numel()));
+  out.resize(static_cast<size_t>(info.numel()));  // keeps the capacity of a reused vector
   if (fd_ < 0) {
     convert_to_f32(info.dtype, map_ + 8 + header_len_ + info.offset, info.numel(), out.data(),
                    where);
-    return out;
+    return;
   }
   // From the file with pread, not through the mapping: a file truncated (or a disk block that
   // became unreadable) after open() then gives an Error(kIo) instead of SIGBUS.
   const uint64_t base = 8 + header_len_ + info.offset;
   if (info.dtype == DType::kF32) {
     pread_all(fd_, out.data(), info.nbytes, base, path_, where);
-    return out;
+    return;
   }
   constexpr int64_t kChunk = 1 << 20;  // elements per pread for 2-byte dtypes
   std::vector<uint8_t> buf(static_cast<size_t>(std::min<int64_t>(info.numel(), kChunk) * 2));
@@ -460,7 +466,6 @@ std::vector<float> SafetensorsFile::read_f32(const TensorInfo& info) const {
               path_, where);
     convert_to_f32(info.dtype, buf.data(), cnt, out.data() + lo, where);
   }
-  return out;
 }
 
 void convert_to_f32(DType dtype, const uint8_t* bytes, int64_t numel, float* out,
@@ -641,6 +646,11 @@ std::vector<std::string> ModelFiles::names() const {
   for (const auto& kv : loc_) r.push_back(kv.first);
   std::sort(r.begin(), r.end());
   return r;
+}
+
+void ModelFiles::read_f32_into(const std::string& name, std::vector<float>& out) const {
+  const auto& l = locate(name);
+  files_[l.file]->read_f32_into(files_[l.file]->tensors()[l.tensor], out);
 }
 
 std::vector<float> ModelFiles::read_f32(const std::string& name) const {

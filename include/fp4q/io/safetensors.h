@@ -90,6 +90,9 @@ class SafetensorsFile {
   // "mid-run" deterministically and then send SIGCONT. Unset, it costs one getenv per process.
   std::vector<float> read_f32(const std::string& name) const;
   std::vector<float> read_f32(const TensorInfo& info) const;
+  // The same into `out` (resized to numel; a vector reused across calls keeps its capacity, so
+  // no fresh pages are touched).
+  void read_f32_into(const TensorInfo& info, std::vector<float>& out) const;
 
  private:
   SafetensorsFile() = default;
@@ -122,6 +125,7 @@ class ModelFiles {
   const TensorInfo& info(const std::string& name) const;
   std::vector<std::string> names() const;  // all tensor names, sorted
   std::vector<float> read_f32(const std::string& name) const;
+  void read_f32_into(const std::string& name, std::vector<float>& out) const;
   const uint8_t* data(const std::string& name) const;
   const SafetensorsFile& file_of(const std::string& name) const;
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
