@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+
+#include <sys/resource.h>
 #include <map>
 #include <sstream>
 
@@ -168,6 +170,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
   Sink sink(ex, plan);
   Passthrough pass(ex, files, plan);
   PhaseTimes ph;
+  int64_t planned_peak = 0;
 
   if (!calibrate) {
     // Data-free: RTN, or GPTQ with Hessians from a file. One Linear group in memory at a time.
@@ -201,6 +204,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       add_time_estimate(est);
       spdlog::info("{}", estimate_text(est));
       check_memory(est.peak, opt.max_memory);
+      planned_peak = est.peak;
     }
     CalibActivations acts(model, cs);
     for (int l = 0; l < plan.num_layers; ++l) {
@@ -290,6 +294,14 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
   ph.total = result.seconds;
   result.phases = ph;
   spdlog::info("{}", phase_text(ph));
+  {
+    struct rusage ru {};
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+      result.peak_rss_bytes = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+      spdlog::info("peak resident memory {}{}", human_bytes(result.peak_rss_bytes),
+                   planned_peak > 0 ? " (planned " + human_bytes(planned_peak) + ")" : std::string());
+    }
+  }
   spdlog::info("wrote {}\n{}", opt.out_dir, summary_text(result.records, result.seconds));
   if (!opt.report_path.empty()) {
     nlohmann::json run = {{"model", opt.model_dir}, {"output", opt.out_dir},

@@ -63,6 +63,7 @@ struct QuantizeResult {
   std::vector<TensorRecord> records;
   double seconds = 0;
   PhaseTimes phases;
+  int64_t peak_rss_bytes = 0;  // getrusage's maximum resident set size of the process
 };
 
 QuantizeResult run_quantize(const QuantizeOptions& opt);
