@@ -31,29 +31,72 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return o + "]";
 }
 
-// Field accessor with errors naming config.json and the JSON path.
+// Field accessor with errors naming config.json and the JSON path. Every read checks the JSON
+// type first: config.json is outside input, and nlohmann's get<T>() would throw its own
+// type_error (or, for get<int>() of a huge float, invoke undefined behaviour).
 struct Cfg {
   std::string file;
   [[noreturn]] void fail(const std::string& path, const std::string& what) const {
     throw Error(ErrorKind::kInput, what, file + ": " + path);
   }
   const json& get(const json& j, const std::string& key, const std::string& path) const {
-    if (!j.is_object()) fail(path, "expected a JSON object");
+    if (!j.is_object()) fail(path, std::string("expected a JSON object, got ") + j.type_name());
     auto it = j.find(key);
     if (it == j.end()) fail(path + "." + key, "missing field");
     return *it;
   }
-  template <class T>
-  T expect_eq(const json& j, const std::string& key, const T& want, const std::string& path) const {
+  std::string str(const json& j, const std::string& key, const std::string& path) const {
     const json& v = get(j, key, path);
-    T got;
-    try {
-      got = v.get<T>();
-    } catch (const std::exception&) {
-      fail(path + "." + key, "unexpected JSON type " + std::string(v.type_name()) + ", expected " + json(want).dump());
+    if (!v.is_string()) fail(path + "." + key, "expected a string, got " + v.dump());
+    return v.get<std::string>();
+  }
+  int integer(const json& j, const std::string& key, const std::string& path) const {
+    const json& v = get(j, key, path);
+    if (!v.is_number_integer() ||
+        (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(INT32_MAX)
+                                : (v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX)))
+      fail(path + "." + key, "expected an integer in 32-bit range, got " + v.dump());
+    return static_cast<int>(v.get<int64_t>());
+  }
+  // Optional fields: absent (or null) -> def.
+  std::string opt_str(const json& j, const std::string& key, const std::string& path,
+                      const std::string& def) const {
+    if (!j.is_object() || !j.contains(key) || j.at(key).is_null()) return def;
+    return str(j, key, path);
+  }
+  bool opt_bool(const json& j, const std::string& key, const std::string& path, bool def) const {
+    if (!j.is_object() || !j.contains(key) || j.at(key).is_null()) return def;
+    const json& v = j.at(key);
+    if (!v.is_boolean()) fail(path + "." + key, "expected true or false, got " + v.dump());
+    return v.get<bool>();
+  }
+  void expect_int(const json& j, const std::string& key, int want, const std::string& path) const {
+    const json& v = get(j, key, path);
+    if (!v.is_number_integer() || v.get<int64_t>() != want)
+      fail(path + "." + key, "expected " + std::to_string(want) + ", got " + v.dump());
+  }
+  void expect_bool(const json& j, const std::string& key, bool want, const std::string& path) const {
+    const json& v = get(j, key, path);
+    if (!v.is_boolean() || v.get<bool>() != want)
+      fail(path + "." + key, std::string("expected ") + (want ? "true" : "false") + ", got " + v.dump());
+  }
+  void expect_str(const json& j, const std::string& key, const std::string& want,
+                  const std::string& path) const {
+    const json& v = get(j, key, path);
+    if (!v.is_string() || v.get<std::string>() != want)
+      fail(path + "." + key, "expected " + json(want).dump() + ", got " + v.dump());
+  }
+  // A list of module names (strings); absent or null -> empty.
+  std::vector<std::string> str_list(const json& j, const std::string& key, const std::string& path) const {
+    std::vector<std::string> r;
+    if (!j.is_object() || !j.contains(key) || j.at(key).is_null()) return r;
+    const json& v = j.at(key);
+    if (!v.is_array()) fail(path + "." + key, "expected a list of strings, got " + v.dump());
+    for (const auto& e : v) {
+      if (!e.is_string()) fail(path + "." + key, "expected a list of strings, got element " + e.dump());
+      r.push_back(e.get<std::string>());
     }
-    if (!(got == want)) fail(path + "." + key, "expected " + json(want).dump() + ", got " + v.dump());
-    return got;
+    return r;
   }
 };
 
@@ -111,6 +154,22 @@ void check_scale_codes(format::FormatId id, const std::vector<uint16_t>& c, cons
   }
 }
 
+// Every group must dequantize to finite float32 values: |element| <= 6 (E2M1) or 8 (INT4) times
+// the effective scale (e.g. an E8M0 byte 254 = 2^127 would give 6·2^127 = inf; so would an NVFP4
+// weight_global_scale below ~1e-35).
+void check_scale_range(format::FormatId id, const std::vector<float>& values,
+                       const std::vector<uint16_t>& codes, const std::string& where) {
+  const float max_elem = id == format::FormatId::kINT4 ? 8.0f : 6.0f;
+  for (size_t i = 0; i < values.size(); ++i)
+    if (!std::isfinite(values[i] * max_elem)) {
+      std::ostringstream o;
+      o << "scale code 0x" << std::hex << codes[i] << std::dec << " at index " << i
+        << " (row-major [out, in/G]) has effective value " << values[i]
+        << ": the dequantized weights would exceed the float32 range";
+      throw Error(ErrorKind::kInput, o.str(), where);
+    }
+}
+
 // Smallest Sylvester block h (1 = identity) such that m == blockdiag(H_h/sqrt(h)), within the
 // tolerance of a bf16-stored matrix; -1 when none.
 int detect_block(const std::vector<float>& m, int g) {
@@ -148,44 +207,63 @@ ImportedModel ImportedModel::open(const std::string& dir) {
                 cfg_path + ": quantization_config",
                 "pass the directory written by `fp4q quantize` (a dequant output is a plain model)");
   const json& qc = *qit;
-  const std::string qm = qc.value("quant_method", std::string());
-  if (qm == "compressed-tensors") {
-    m.kind_ = ExportKind::kCompressedTensors;
-    m.open_compressed_tensors(qc);
-  } else if (qm == "fp_quant") {
-    if (qc.value("pseudoquantization", false))
+  const Cfg c{cfg_path};
+  const std::string qm = c.opt_str(qc, "quant_method", "quantization_config", "");
+  try {
+    if (qm == "compressed-tensors") {
+      m.kind_ = ExportKind::kCompressedTensors;
+      m.open_compressed_tensors(qc);
+    } else if (qm == "fp_quant") {
+      m.open_fp_quant_checked(qc);
+    } else {
+      throw Error(ErrorKind::kInput, "unsupported quant_method '" + qm + "'",
+                  cfg_path + ": quantization_config.quant_method",
+                  "fp4q reads compressed-tensors and fp_quant (real-quant) directories");
+    }
+  } catch (const json::exception& e) {
+    // A field of an unexpected JSON type that the typed reads above did not anticipate.
+    throw Error(ErrorKind::kInput, std::string("unexpected JSON structure: ") + e.what(),
+                cfg_path + ": quantization_config");
+  }
+  // provenance (optional)
+  auto pit = cfg.find("fp4q");
+  if (pit != cfg.end() && pit->is_object()) {
+    m.info_.method = c.opt_str(*pit, "method", "fp4q", "");
+    m.info_.scales = c.opt_str(*pit, "scales", "fp4q", "");
+  }
+  m.finish_open(cfg);
+  return m;
+}
+
+void ImportedModel::open_fp_quant_checked(const json& qc) {
+  const std::string cfg_path = (fs::path(dir_) / "config.json").string();
+  {
+    const Cfg c{cfg_path};
+    if (c.opt_bool(qc, "pseudoquantization", "quantization_config", false))
       throw Error(ErrorKind::kInput,
                   "fp-quant pseudo-quant checkpoints hold dequantised weights (dqweight), not "
                   "codes and scales; they cannot be read back as a quantized model",
                   cfg_path + ": quantization_config.pseudoquantization",
                   "use the compressed-tensors or fp-quant (real) output of the same run");
-    m.kind_ = ExportKind::kFpQuantReal;
-    m.open_fp_quant(qc);
-  } else {
-    throw Error(ErrorKind::kInput, "unsupported quant_method '" + qm + "'",
-                cfg_path + ": quantization_config.quant_method",
-                "fp4q reads compressed-tensors and fp_quant (real-quant) directories");
   }
-  // provenance (optional)
-  auto pit = cfg.find("fp4q");
-  if (pit != cfg.end() && pit->is_object()) {
-    m.info_.method = pit->value("method", std::string());
-    m.info_.scales = pit->value("scales", std::string());
-  }
+  kind_ = ExportKind::kFpQuantReal;
+  open_fp_quant(qc);
+}
+
+void ImportedModel::finish_open(const json& cfg) {
   // model dtype
   if (auto d = config_dtype(cfg)) {
-    m.model_dtype_ = *d;
+    model_dtype_ = *d;
   } else {
     std::map<io::DType, uint64_t> bytes;
-    for (const auto& n : m.passthrough_) {
-      const auto& ti = m.files_.info(n);
+    for (const auto& n : passthrough_) {
+      const auto& ti = files_.info(n);
       if (io::is_float_dtype(ti.dtype)) bytes[ti.dtype] += ti.nbytes;
     }
     uint64_t best = 0;
     for (const auto& [d2, b] : bytes)
-      if (b > best) { best = b; m.model_dtype_ = d2; }
+      if (b > best) { best = b; model_dtype_ = d2; }
   }
-  return m;
 }
 
 bool ImportedModel::is_quantized(const std::string& module) const {
@@ -204,11 +282,11 @@ void ImportedModel::open_compressed_tensors(const json& qc) {
   const std::string gp = root + ".config_groups." + gname;
   const json& w = c.get(g, "weights", gp);
   const std::string wp = gp + ".weights";
-  c.expect_eq<int>(w, "num_bits", 4, wp);
-  c.expect_eq<bool>(w, "symmetric", true, wp);
-  const std::string type = c.get(w, "type", wp).get<std::string>();
-  const std::string strategy = c.get(w, "strategy", wp).get<std::string>();
-  const int gs = c.get(w, "group_size", wp).get<int>();
+  c.expect_int(w, "num_bits", 4, wp);
+  c.expect_bool(w, "symmetric", true, wp);
+  const std::string type = c.str(w, "type", wp);
+  const std::string strategy = c.str(w, "strategy", wp);
+  const int gs = c.integer(w, "group_size", wp);
   format::FormatId fid;
   std::string want_fmt;
   if (type == "float" && strategy == "tensor_group" && gs == 16) {
@@ -223,10 +301,10 @@ void ImportedModel::open_compressed_tensors(const json& qc) {
                    " (fp4q reads NVFP4 float/tensor_group/16, MXFP4 float/group/32, INT4 int/group/" +
                    std::to_string(format::spec(format::FormatId::kINT4).group_size) + ")");
   }
-  std::string fmt = qc.value("format", std::string());
+  std::string fmt = c.opt_str(qc, "format", root, "");
   if (g.contains("format") && g["format"].is_string()) fmt = g["format"].get<std::string>();
   if (fmt != want_fmt) c.fail(gp + ".format", "expected '" + want_fmt + "', got '" + fmt + "'");
-  const std::string status = qc.value("quantization_status", std::string());
+  const std::string status = c.opt_str(qc, "quantization_status", root, "");
   if (status != "compressed")
     c.fail(root + ".quantization_status", "expected 'compressed', got '" + status + "'");
   info_.format = fid;
@@ -235,19 +313,17 @@ void ImportedModel::open_compressed_tensors(const json& qc) {
     const json& a = g["input_activations"];
     const std::string ap = gp + ".input_activations";
     if (fid == format::FormatId::kINT4) c.fail(ap, "INT4 with input activations is not supported");
-    c.expect_eq<int>(a, "num_bits", 4, ap);
-    c.expect_eq<std::string>(a, "type", "float", ap);
-    c.expect_eq<int>(a, "group_size", gs, ap);
+    c.expect_int(a, "num_bits", 4, ap);
+    c.expect_str(a, "type", "float", ap);
+    c.expect_int(a, "group_size", gs, ap);
     info_.activations = Activations::kFp4;
   }
   // ignore list
   std::set<std::string> ignored;
-  if (qc.contains("ignore") && qc["ignore"].is_array())
-    for (const auto& e : qc["ignore"]) {
-      const std::string s = e.get<std::string>();
-      if (s != "lm_head" && s.rfind("re:", 0) != 0) info_.ignored_linears.push_back(s);
-      ignored.insert(s);
-    }
+  for (const std::string& s : c.str_list(qc, "ignore", root)) {
+    if (s != "lm_head" && s.rfind("re:", 0) != 0) info_.ignored_linears.push_back(s);
+    ignored.insert(s);
+  }
   // transform
   info_.hadamard = 0;
   if (qc.contains("transform_config") && qc["transform_config"].is_object() &&
@@ -260,12 +336,14 @@ void ImportedModel::open_compressed_tensors(const json& qc) {
       transform_scheme_ = tg.begin().key();
       const json& s = tg.begin().value();
       const std::string sp = tp + "." + transform_scheme_;
-      c.expect_eq<std::string>(s, "type", "hadamard", sp);
-      const int hd = c.get(s, "head_dim", sp).get<int>();
+      c.expect_str(s, "type", "hadamard", sp);
+      const int hd = c.integer(s, "head_dim", sp);
       if (hd < 2 || (hd & (hd - 1)) != 0) c.fail(sp + ".head_dim", "expected a power of two >= 2");
       bool has_input = false;
-      for (const auto& ap : c.get(s, "apply", sp)) {
-        const std::string loc = ap.value("location", std::string());
+      const json& apply = c.get(s, "apply", sp);
+      if (!apply.is_array()) c.fail(sp + ".apply", "expected a list, got " + apply.dump());
+      for (const auto& ap : apply) {
+        const std::string loc = c.opt_str(ap, "location", sp + ".apply[]", "");
         if (loc == "input") has_input = true;
         else if (loc != "weight_input")
           c.fail(sp + ".apply", "unsupported transform location '" + loc + "' (fp4q reads input/weight_input)");
@@ -300,23 +378,21 @@ void ImportedModel::open_compressed_tensors(const json& qc) {
 void ImportedModel::open_fp_quant(const json& qc) {
   Cfg c{(fs::path(dir_) / "config.json").string()};
   const std::string root = "quantization_config";
-  const std::string fd = c.get(qc, "forward_dtype", root).get<std::string>();
+  const std::string fd = c.str(qc, "forward_dtype", root);
   if (fd == "nvfp4") info_.format = format::FormatId::kNVFP4;
   else if (fd == "mxfp4") info_.format = format::FormatId::kMXFP4;
   else c.fail(root + ".forward_dtype", "expected 'nvfp4' or 'mxfp4', got '" + fd + "'");
-  if (qc.value("store_master_weights", false))
+  if (c.opt_bool(qc, "store_master_weights", root, false))
     c.fail(root + ".store_master_weights", "master-weight checkpoints are not supported");
-  fpq_matrix_size_ = c.get(qc, "hadamard_group_size", root).get<int>();
+  fpq_matrix_size_ = c.integer(qc, "hadamard_group_size", root);
   if (fpq_matrix_size_ < 1 || (fpq_matrix_size_ & (fpq_matrix_size_ - 1)) != 0)
     c.fail(root + ".hadamard_group_size", "expected a power of two");
   info_.activations = Activations::kFp4;  // the fp_quant runtime always quantizes activations
   std::set<std::string> ignored;
-  if (qc.contains("modules_to_not_convert") && qc["modules_to_not_convert"].is_array())
-    for (const auto& e : qc["modules_to_not_convert"]) {
-      const std::string s = e.get<std::string>();
-      if (s != "lm_head") info_.ignored_linears.push_back(s);
-      ignored.insert(s);
-    }
+  for (const std::string& s : c.str_list(qc, "modules_to_not_convert", root)) {
+    if (s != "lm_head") info_.ignored_linears.push_back(s);
+    ignored.insert(s);
+  }
   for (const auto& n : files_.names())
     if (ends_with(n, ".qweight")) modules_.push_back(n.substr(0, n.size() - 8));
   std::sort(modules_.begin(), modules_.end());
@@ -408,6 +484,7 @@ QuantizedLinear ImportedModel::load_ct(const std::string& m) const {
     q.scales.global_scale = read_scalar_f32(files_, m + ".weight_global_scale");
   q.scales.values = scale_values_from_codes(fid, q.scales.codes.data(), q.scales.codes.size(),
                                             q.scales.global_scale);
+  check_scale_range(fid, q.scales.values, q.scales.codes, sn);
   if (fid == format::FormatId::kNVFP4 && info_.activations == Activations::kFp4)
     ql.input_global_scale = read_scalar_f32(files_, m + ".input_global_scale");
   if (info_.hadamard != 0) {
@@ -479,6 +556,7 @@ QuantizedLinear ImportedModel::load_fpq(const std::string& m) const {
   }
   q.scales.values = scale_values_from_codes(fid, q.scales.codes.data(), q.scales.codes.size(),
                                             q.scales.global_scale);
+  check_scale_range(fid, q.scales.values, q.scales.codes, sn);
   for (const char* mat_name : {".forward_hadamard_matrix", ".backward_hadamard_matrix"}) {
     const std::string tn = m + mat_name;
     const auto mat = read_matrix_f32(files_, tn, fpq_matrix_size_);

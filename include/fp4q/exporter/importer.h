@@ -54,6 +54,8 @@ class ImportedModel {
   ImportedModel(io::ModelFiles files) : files_(std::move(files)) {}
   void open_compressed_tensors(const nlohmann::json& qc);
   void open_fp_quant(const nlohmann::json& qc);
+  void open_fp_quant_checked(const nlohmann::json& qc);  // refuses pseudo-quant, then open_fp_quant
+  void finish_open(const nlohmann::json& cfg);           // model dtype
   QuantizedLinear load_ct(const std::string& m) const;
   QuantizedLinear load_fpq(const std::string& m) const;
 
