@@ -49,12 +49,22 @@ void hadamard_rows_fast(T* x, int64_t rows, int64_t cols, int block) {
 typedef float V16f __attribute__((vector_size(64)));
 typedef int32_t V16i __attribute__((vector_size(64)));
 
+// Lane permutation k -> k ^ H. GCC's __builtin_shuffle takes the mask vector; clang (used by
+// the fuzzing build, -DFP4Q_FUZZ=ON) needs the constant indices of __builtin_shufflevector.
+#if defined(__clang__)
+#define FP4Q_XOR_SHUFFLE(a, pmask, H)                                                    \
+  __builtin_shufflevector(a, a, 0 ^ H, 1 ^ H, 2 ^ H, 3 ^ H, 4 ^ H, 5 ^ H, 6 ^ H, 7 ^ H, \
+                          8 ^ H, 9 ^ H, 10 ^ H, 11 ^ H, 12 ^ H, 13 ^ H, 14 ^ H, 15 ^ H)
+#else
+#define FP4Q_XOR_SHUFFLE(a, pmask, H) __builtin_shuffle(a, pmask)
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void fwht16_rows(float* x, int64_t rows, int64_t cols, int block, float norm, int64_t r0, int64_t r1) {
   const V16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const V16i p1 = lane ^ 1, p2 = lane ^ 2, p4 = lane ^ 4, p8 = lane ^ 8;
+  [[maybe_unused]] const V16i p1 = lane ^ 1, p2 = lane ^ 2, p4 = lane ^ 4, p8 = lane ^ 8;
   const V16i hi1 = (lane & 1) != 0, hi2 = (lane & 2) != 0, hi4 = (lane & 4) != 0, hi8 = (lane & 8) != 0;
   const V16f nv = {norm, norm, norm, norm, norm, norm, norm, norm,
                    norm, norm, norm, norm, norm, norm, norm, norm};
@@ -67,13 +77,13 @@ void fwht16_rows(float* x, int64_t rows, int64_t cols, int block, float norm, in
       for (int q = 0; q < nvec; ++q) __builtin_memcpy(&v[q], b + 16 * q, sizeof(V16f));
       for (int q = 0; q < nvec; ++q) {
         V16f a = v[q], c;
-        c = __builtin_shuffle(a, p1);
+        c = FP4Q_XOR_SHUFFLE(a, p1, 1);
         a = reinterpret_cast<V16f>((hi1 & reinterpret_cast<V16i>(c - a)) | (~hi1 & reinterpret_cast<V16i>(a + c)));
-        c = __builtin_shuffle(a, p2);
+        c = FP4Q_XOR_SHUFFLE(a, p2, 2);
         a = reinterpret_cast<V16f>((hi2 & reinterpret_cast<V16i>(c - a)) | (~hi2 & reinterpret_cast<V16i>(a + c)));
-        c = __builtin_shuffle(a, p4);
+        c = FP4Q_XOR_SHUFFLE(a, p4, 4);
         a = reinterpret_cast<V16f>((hi4 & reinterpret_cast<V16i>(c - a)) | (~hi4 & reinterpret_cast<V16i>(a + c)));
-        c = __builtin_shuffle(a, p8);
+        c = FP4Q_XOR_SHUFFLE(a, p8, 8);
         a = reinterpret_cast<V16f>((hi8 & reinterpret_cast<V16i>(c - a)) | (~hi8 & reinterpret_cast<V16i>(a + c)));
         v[q] = a;
       }
