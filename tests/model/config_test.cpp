@@ -178,18 +178,31 @@ TEST(Config, RejectsUnsupportedArchitecture) {
   expect_reject(j, "Gemma2ForCausalLM", "LlamaForCausalLM");
   json k = llama_base();
   k.erase("architectures");
-  k["model_type"] = "phi3";
+  k["model_type"] = "phimoe";
   expect_reject(k, "architectures", "MistralForCausalLM");
+  // Near misses name what is supported instead.
+  j["architectures"] = {"Gemma3ForConditionalGeneration"};
+  expect_reject(j, "Gemma3ForConditionalGeneration", "Gemma3ForCausalLM");
+  j["architectures"] = {"Qwen2MoeForCausalLM"};
+  expect_reject(j, "Qwen2MoeForCausalLM", "shared experts");
 }
 
 TEST(Config, RejectsUnsupportedRopeScaling) {
-  for (const char* t : {"linear", "dynamic", "yarn", "longrope", "su"}) {
+  for (const char* t : {"dynamic", "yarn", "ntk"}) {
     json j = llama_base();
     j["rope_scaling"] = {{"rope_type", t}, {"factor", 4.0}};
     expect_reject(j, "rope_scaling", "llama3");
     json k = llama_base();
     k["rope_parameters"] = {{"rope_type", t}, {"factor", 4.0}, {"rope_theta", 10000.0}};
-    expect_reject(k, "rope_parameters", "llama3");
+    expect_reject(k, "rope_parameters", "longrope");
+  }
+  // longrope needs its factor lists (rotary_dim / 2 = 16 each here).
+  for (const char* t : {"longrope", "su"}) {
+    json j = llama_base();
+    j["rope_scaling"] = {{"type", t}, {"short_factor", std::vector<double>(16, 1.0)}};
+    expect_reject(j, "long_factor");
+    j["rope_scaling"]["long_factor"] = std::vector<double>(15, 1.0);
+    expect_reject(j, "long_factor", "16");
   }
   json p = llama_base();
   p["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e4}, {"partial_rotary_factor", 0.5}};

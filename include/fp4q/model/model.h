@@ -8,18 +8,31 @@
 // float32 (reductions that feed a single value, like RMSNorm's mean and softmax sums, in double).
 //
 // Tensor names read (HF layout, all row-major):
-//   model.embed_tokens.weight                      [vocab x hidden]
+//   model.embed_tokens.weight                      [vocab x hidden] (Gemma-3: times sqrt(hidden))
 //   model.layers.L.input_layernorm.weight          [hidden]
 //   model.layers.L.self_attn.{q,k,v,o}_proj.weight q: [n_heads*head_dim x hidden],
 //                                                  k,v: [n_kv_heads*head_dim x hidden],
 //                                                  o: [hidden x n_heads*head_dim]
 //   model.layers.L.self_attn.{q,k,v}_proj.bias     Qwen2 only, [out]
-//   model.layers.L.self_attn.{q,k}_norm.weight     Qwen3 only, [head_dim]
+//   model.layers.L.self_attn.{q,k}_norm.weight     Qwen3, Qwen3-MoE, Gemma-3: [head_dim]
 //   model.layers.L.post_attention_layernorm.weight [hidden]
 //   model.layers.L.mlp.{gate,up}_proj.weight       [intermediate x hidden]
 //   model.layers.L.mlp.down_proj.weight            [hidden x intermediate]
 //   model.norm.weight                              [hidden]
 //   lm_head.weight                                 [vocab x hidden] (absent when tied)
+// Architecture-specific (config.h):
+//   Phi-3:  self_attn.qkv_proj.weight [q_dim + 2 kv_dim x hidden] instead of q/k/v_proj,
+//           mlp.gate_up_proj.weight [2 intermediate x hidden] instead of gate/up_proj
+//   Gemma-3: model.layers.L.{pre,post}_feedforward_layernorm.weight [hidden]
+//   MoE layers (config.is_moe_layer(L)), instead of the dense mlp.*:
+//     Qwen3-MoE: mlp.gate.weight [n_experts x hidden] (router),
+//                mlp.experts.E.{gate,up}_proj.weight [moe_intermediate x hidden],
+//                mlp.experts.E.down_proj.weight [hidden x moe_intermediate]
+//     Mixtral:   block_sparse_moe.gate.weight (router), block_sparse_moe.experts.E.{w1,w3}.weight
+//                (gate, up), block_sparse_moe.experts.E.w2.weight (down)
+//   These per-expert 2-D tensors are what published checkpoints hold and what transformers 5
+//   writes (save_pretrained reverts its in-memory fused 3-D experts to them). A checkpoint with
+//   fused 3-D experts (mlp.experts.gate_up_proj [E x 2I x H]) is refused naming the tensor.
 // Model::open checks that all of them exist with these shapes and float dtypes (F32/F16/BF16).
 //
 // Thread safety: a Model is immutable after open (the RoPE table cache is mutex-protected), so
@@ -36,10 +49,13 @@
 #include "fp4q/io/safetensors.h"
 #include "fp4q/model/config.h"
 #include "fp4q/model/layers.h"
+#include "fp4q/model/moe.h"
 
 namespace fp4q::model {
 
 // The 7 linear layers of a decoder layer, in this fixed order (index = static_cast<int>(kind)).
+// Fused checkpoints (Phi-3) store q/k/v as one Linear held in kQ (rows q, then k, then v) and
+// gate/up as one held in kGate (rows gate, then up); kK, kV, kUp are then empty.
 enum class LinearKind : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown };
 constexpr int kNumLinear = 7;
 
@@ -54,20 +70,58 @@ std::string linear_path(int layer, LinearKind k);
 // share the input of kGate; kO and kDown are their own.
 LinearKind input_group(LinearKind k);
 
+// One checkpoint Linear of a decoder layer as the model reads it (layer_linears lists them).
+struct LayerLinear {
+  std::string module;       // HF module name, e.g. "model.layers.3.self_attn.qkv_proj"
+  LinearKind kind;          // slot: dense kQ..kDown (fused: kQ / kGate), expert kGate/kUp/kDown
+  int expert = -1;          // expert index, -1 for dense Linears
+  int64_t out = 0, in = 0;
+  bool bias = false;
+};
+// Every quantizable Linear of layer l (not the MoE router), in this order: attention (q, k, v or
+// qkv; o), then the dense MLP (gate, up or gate_up; down) or, for an MoE layer, expert 0's gate,
+// up, down, expert 1's, ...
+std::vector<LayerLinear> layer_linears(const ModelConfig& c, int l);
+// Module name of expert e's Linear of `kind` (kGate/kUp/kDown) in MoE layer l:
+// "model.layers.l.mlp.experts.e.gate_proj" (Qwen3-MoE) / "...block_sparse_moe.experts.e.w1" (Mixtral).
+std::string expert_linear_path(const ModelConfig& c, int l, int e, LinearKind kind);
+// Module name of the MoE router of layer l: "model.layers.l.mlp.gate" / "...block_sparse_moe.gate".
+std::string router_path(const ModelConfig& c, int l);
+
 struct LinearWeights {
   std::vector<float> w;     // [out x in] row-major (y = x W^T + bias)
   int64_t out = 0, in = 0;
   std::vector<float> bias;  // [out], or empty when the linear has no bias
 };
 
+// One expert of an MoE layer (SwiGLU: down(silu(gate(x)) * up(x))).
+struct ExpertWeights {
+  LinearWeights gate, up, down;  // [moe_intermediate x hidden] x 2, [hidden x moe_intermediate]
+  LinearWeights& operator[](LinearKind k) { return k == LinearKind::kGate ? gate : k == LinearKind::kUp ? up : down; }
+  const LinearWeights& operator[](LinearKind k) const {
+    return k == LinearKind::kGate ? gate : k == LinearKind::kUp ? up : down;
+  }
+};
+
 struct LayerWeights {
-  LinearWeights lin[kNumLinear];  // indexed by LinearKind
+  LinearWeights lin[kNumLinear];  // indexed by LinearKind (fused / MoE layers: see LinearKind)
   std::vector<float> input_norm;  // [hidden]
   std::vector<float> post_norm;   // [hidden] (post_attention_layernorm)
-  std::vector<float> q_norm;      // [head_dim] Qwen3, else empty
-  std::vector<float> k_norm;      // [head_dim] Qwen3, else empty
+  std::vector<float> q_norm;      // [head_dim] Qwen3 / Qwen3-MoE / Gemma-3, else empty
+  std::vector<float> k_norm;      // [head_dim] Qwen3 / Qwen3-MoE / Gemma-3, else empty
+  std::vector<float> pre_ff_norm;   // [hidden] Gemma-3 pre_feedforward_layernorm, else empty
+  std::vector<float> post_ff_norm;  // [hidden] Gemma-3 post_feedforward_layernorm, else empty
+  LinearWeights router;             // MoE layer: [n_experts x hidden] (never quantized)
+  std::vector<ExpertWeights> experts;  // MoE layer: n_experts entries, else empty
   LinearWeights& operator[](LinearKind k) { return lin[static_cast<int>(k)]; }
   const LinearWeights& operator[](LinearKind k) const { return lin[static_cast<int>(k)]; }
+  // The slot a checkpoint Linear lives in (dense: lin[kind]; expert: experts[e][kind]).
+  LinearWeights& at(const LayerLinear& ll) { return ll.expert < 0 ? (*this)[ll.kind] : experts[ll.expert][ll.kind]; }
+  const LinearWeights& at(const LayerLinear& ll) const {
+    return ll.expert < 0 ? (*this)[ll.kind] : experts[ll.expert][ll.kind];
+  }
+  // Every float array of the layer (weights, biases, norms, router), e.g. to round them.
+  std::vector<std::vector<float>*> all_arrays();
 };
 
 // Called by layer_forward with the input X of the linears of each input group, right before the
@@ -81,6 +135,11 @@ struct LayerWeights {
 //   kGate (the shared input of gate_proj, up_proj: the post-attention-RMSNormed hidden state)
 //   kDown (silu(gate) * up)
 // kK, kV and kUp are never passed. Exceptions thrown by the hook propagate out of layer_forward.
+// MoE layers call no kGate/kDown on_input*; instead, after on_routing, for every expert e with
+// routed tokens (ascending e), on_expert_input(l, e, kGate, X_e) with X_e the rows routed to e
+// (gathered copy, ascending token order) and then on_expert_input(l, e, kDown, act(gate)*up of
+// those rows). When experts_see_all_tokens(l) is true, every expert instead gets ALL rows of
+// the batch (for calibration of rarely routed experts); the layer output still uses the routing.
 // layer_forward runs several sequences at once (rows of all of them stacked); it calls
 // on_input_batch with `sequences` = their number (tokens = sequences * T). The default forwards
 // to on_input, which suits hooks that act per token (activation transforms); hooks that count
@@ -91,6 +150,25 @@ struct LinearHook {
   virtual void on_input_batch(int layer, LinearKind kind, float* x, int64_t sequences,
                               int64_t tokens, int64_t in) {
     on_input(layer, kind, x, tokens, in);
+  }
+  // MoE: the inputs of expert `expert` (see above). The default forwards to on_input, so hooks
+  // acting per token (activation transforms) treat expert inputs like the dense MLP's; hooks that
+  // keep per-Linear statistics (Hessians) override it. x may be overwritten in place.
+  virtual void on_expert_input(int layer, int expert, LinearKind kind, float* x, int64_t sequences,
+                               int64_t tokens, int64_t in) {
+    (void)expert;
+    (void)sequences;
+    on_input(layer, kind, x, tokens, in);
+  }
+  // MoE: the routing decisions of layer `layer` for this batch (before any expert runs).
+  virtual void on_routing(int layer, const MoeRouting& routing) {
+    (void)layer;
+    (void)routing;
+  }
+  // MoE: whether every expert of `layer` should see every token (see above).
+  virtual bool experts_see_all_tokens(int layer) const {
+    (void)layer;
+    return false;
   }
 };
 
@@ -109,7 +187,7 @@ class ForwardScratch {
   // Buffer `slot` (0..kSlots-1) with room for at least n floats (contents undefined).
   float* get(int slot, size_t n);
   size_t bytes() const;  // currently allocated
-  static constexpr int kSlots = 7;
+  static constexpr int kSlots = 12;
 
  private:
   struct Impl;
@@ -140,6 +218,10 @@ class Model {
 
   // float32 copy of decoder layer l (0 <= l < n_layers).
   LayerWeights load_layer(int l) const;
+  // The same with every Linear of layer_linears(config, l) read through read_linear(ll) (a float32
+  // [out x in] weight, e.g. dequantised); norms, biases and routers come from the files.
+  using LinearReader = std::function<std::vector<float>(const LayerLinear&)>;
+  LayerWeights load_layer(int l, const LinearReader& read_linear) const;
 
   // Embedding rows: [T x hidden] row-major for T = ids.size(). Throws Error(kInput) for an id
   // outside [0, vocab).
@@ -181,6 +263,9 @@ class Model {
 
   // cos/sin tables for positions 0..T-1 (cached; grows on demand).
   std::shared_ptr<const RopeTable> rope_table(int64_t T) const;
+  // The table layer l uses for sequences of T tokens (Gemma-3 sliding layers: their own base;
+  // longrope: long factors when T > original_max_position_embeddings).
+  std::shared_ptr<const RopeTable> rope_table_for_layer(int l, int64_t T) const;
 
   // The compute dtype to emulate (core/compute_dtype.h; default kF32, the float32 path above,
   // unchanged). kBF16 emulates transformers' bfloat16 eager path: the embeddings, final norm and
@@ -203,6 +288,13 @@ class Model {
   std::vector<float> inv_freq_;  // [head_dim / 2]
   struct RopeCache;
   std::unique_ptr<RopeCache> rope_;
+  enum { kRopeMain = 0, kRopeLong = 1, kRopeSliding = 2 };
+  std::shared_ptr<const RopeTable> rope_variant(int v, int64_t T) const;
+  float embed_scale_ = 0.0f;  // Gemma-3: float32(sqrt(hidden)); 0 = embeddings unscaled
+  // The sparse MoE block of layer l on the normed rows xn [N x hidden]; returns its output
+  // [N x hidden] in scratch memory (nullptr when !need_output). See moe.h for the order.
+  float* moe_block(int l, const LayerWeights& w, const float* xn, int64_t n_seq, int64_t N,
+                   LinearHook* hook, ForwardScratch& ws, bool need_output) const;
   ComputeDtype dtype_ = ComputeDtype::kF32;
   const float* lm_head() const { return lm_head_.empty() ? embed_.data() : lm_head_.data(); }
 };
