@@ -169,10 +169,14 @@ nlohmann::json quantization_config_json(const QuantizedModelInfo& info, ExportKi
     qc["sparsity_config"] = json::object();
     json tc = json::object();
     if (h != 0) {
+      // MoE experts are stored unrotated (layout.h: is_moe_expert_module): the transform skips them.
+      json tignore = ignore;
+      if (std::any_of(quantized_modules.begin(), quantized_modules.end(), is_moe_expert_module))
+        tignore.push_back(kExpertTransformIgnore);
       json apply_in = {{"targets", {"Linear"}}, {"location", "input"}, {"inverse", false},
-                       {"ignore", ignore}};
+                       {"ignore", tignore}};
       json apply_w = {{"targets", {"Linear"}}, {"location", "weight_input"}, {"inverse", true},
-                      {"ignore", ignore}};
+                      {"ignore", tignore}};
       json v = {{"type", "hadamard"},   {"head_dim", h},
                 {"randomize", false},   {"requires_grad", false},
                 {"precision", "torch.float32"}, {"apply", json::array({apply_in, apply_w})}};
@@ -358,16 +362,23 @@ void Exporter::Impl::validate(const QuantizedLinear& ql) const {
   if (q.format != info.format || q.scales.format != info.format)
     fail(std::string("format ") + format::spec(q.format).name + " differs from the model's " +
          sp.name);
-  if (norm_hadamard(ql.hadamard) != h)
+  const bool expert = is_moe_expert_module(n);
+  if ((kind == ExportKind::kFpQuantReal || kind == ExportKind::kFpQuantPseudo) && expert)
+    throw Error(ErrorKind::kUsage,
+                "the fp-quant layouts cannot hold MoE experts (fp_quant converts nn.Linear modules; "
+                "transformers 5 stores experts as fused 3-D parameters)",
+                n, "use --export compressed-tensors (vLLM's fused-MoE loaders) or --export dequant");
+  const int want_h = expert ? 0 : h;  // experts are never rotated (layout.h)
+  if (norm_hadamard(ql.hadamard) != want_h)
     fail("rotation block " + std::to_string(ql.hadamard) + " differs from the model's " +
-         std::to_string(h));
+         std::to_string(want_h) + (expert ? " (MoE experts are stored unrotated)" : ""));
   if (q.rows <= 0 || q.cols <= 0 || q.cols % sp.group_size != 0)
     fail("shape [" + std::to_string(q.rows) + " x " + std::to_string(q.cols) +
          "]: in_features must be a positive multiple of the group size " +
          std::to_string(sp.group_size));
-  if (h != 0 && q.cols % h != 0)
+  if (want_h != 0 && q.cols % want_h != 0)
     fail("in_features " + std::to_string(q.cols) + " is not a multiple of the rotation block " +
-         std::to_string(h));
+         std::to_string(want_h));
   if ((kind == ExportKind::kFpQuantReal || kind == ExportKind::kFpQuantPseudo) &&
       q.cols % fpq_g != 0)
     fail("in_features " + std::to_string(q.cols) + " is not a multiple of hadamard_group_size " +
@@ -507,7 +518,7 @@ void Exporter::Impl::write_ct(const QuantizedLinear& ql) {
     case format::FormatId::kMXFP4Fit:
       throw Error(ErrorKind::kInternal, "mxfp4-fit reached the compressed-tensors writer", n);
   }
-  if (h != 0)
+  if (h != 0 && norm_hadamard(ql.hadamard) != 0)
     add_raw(n + ".v_input.weight", io::DType::kF32, {h, h}, ct_matrix.data(), ct_matrix.size());
 }
 
@@ -539,7 +550,7 @@ void Exporter::Impl::write_dequant(const QuantizedLinear& ql) {
   const auto& q = ql.q;
   std::vector<float> w(static_cast<size_t>(q.rows * q.cols));
   format::dequantize(q, w.data());
-  unrotate_rows(w.data(), w.data(), q.rows, q.cols, h);
+  unrotate_rows(w.data(), w.data(), q.rows, q.cols, norm_hadamard(ql.hadamard));
   add(io::make_tensor_from_f32(ql.name + ".weight", {q.rows, q.cols}, w.data(),
                                dequant_dtype_for(ql.name)));
 }

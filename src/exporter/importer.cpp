@@ -444,7 +444,7 @@ QuantizedLinear ImportedModel::load_ct(const std::string& m) const {
   need(files_, pk, is_int ? io::DType::kI32 : io::DType::kU8, {rows, cols / (is_int ? 8 : 2)});
   QuantizedLinear ql;
   ql.name = m;
-  ql.hadamard = info_.hadamard;
+  ql.hadamard = is_moe_expert_module(m) ? 0 : info_.hadamard;  // experts are stored unrotated
   auto& q = ql.q;
   q.format = fid;
   q.rows = rows;
@@ -487,7 +487,7 @@ QuantizedLinear ImportedModel::load_ct(const std::string& m) const {
   check_scale_range(fid, q.scales.values, q.scales.codes, sn);
   if (fid == format::FormatId::kNVFP4 && info_.activations == Activations::kFp4)
     ql.input_global_scale = read_scalar_f32(files_, m + ".input_global_scale");
-  if (info_.hadamard != 0) {
+  if (ql.hadamard != 0) {
     const std::string tn = m + "." + transform_scheme_ + "_input.weight";
     const auto mat = read_matrix_f32(files_, tn, info_.hadamard);
     const auto ref = sylvester_pm1(info_.hadamard);

@@ -80,6 +80,19 @@ std::vector<std::string> fused_siblings(const std::string& module) {
   return {};
 }
 
+bool is_moe_expert_module(const std::string& module) {
+  // "...experts.<digits>.<leaf>" with a non-empty leaf
+  size_t pos = 0;
+  while ((pos = module.find("experts.", pos)) != std::string::npos) {
+    const bool starts = pos == 0 || module[pos - 1] == '.';
+    size_t i = pos + 8, d = i;
+    while (d < module.size() && module[d] >= '0' && module[d] <= '9') ++d;
+    if (starts && d > i && d + 1 < module.size() && module[d] == '.') return true;
+    pos = i;
+  }
+  return false;
+}
+
 std::vector<float> scale_values_from_codes(format::FormatId id, const uint16_t* codes, size_t n,
                                            float global_scale) {
   std::vector<float> v(n);

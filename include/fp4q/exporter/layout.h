@@ -45,6 +45,16 @@ std::vector<float> fpquant_matrix(int g, int hadamard);
 // leaf name is not in a fused group.
 std::vector<std::string> fused_siblings(const std::string& module);
 
+// True for an MoE expert Linear ("...experts.<E>.<leaf>", e.g. model.layers.0.mlp.experts.3.up_proj
+// or model.layers.0.block_sparse_moe.experts.3.w1). Experts are stored unrotated in every layout
+// (no MoE runtime applies an online input transform to them): their QuantizedLinear::hadamard is
+// 0 whatever the model's rotation, compressed-tensors' transform_config ignores them
+// ("re:.*\.experts\..*"), and the fp-quant layouts refuse them (fp_quant replaces nn.Linear
+// modules only; transformers 5 experts are fused 3-D parameters).
+bool is_moe_expert_module(const std::string& module);
+// The transform_config ignore pattern of the experts.
+constexpr const char* kExpertTransformIgnore = "re:.*\\.experts\\..*";
+
 // GroupScales::values from stored codes [rows * groups] (see the invariant above).
 std::vector<float> scale_values_from_codes(format::FormatId id, const uint16_t* codes, size_t n,
                                            float global_scale);
