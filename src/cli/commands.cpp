@@ -110,11 +110,15 @@ void add_quantize(CLI::App& app) {
       "  fp4q quantize MODEL OUT --dry-run --dump-calib calib.json   (calibration ids only)\n"
       "  fp4q quantize MODEL OUT --calib-windows calib.json          (exactly those windows)\n"
       "Methods: rtn (round to nearest, no data), gptq (GPTQ, absmax scales, no rotation),\n"
-      "mr-gptq (block Hadamard + MSE scales + static act-order GPTQ; the default).");
+      "mr-gptq (block Hadamard + MSE scales + static act-order GPTQ; the default).\n"
+      "MoE models (Qwen3-MoE, Mixtral): each expert's Hessians come from the tokens routed to it;\n"
+      "experts with fewer than --moe-min-tokens get RTN (reported per tensor); experts are never\n"
+      "rotated and the routers stay in 16 bit.");
   struct Args {
     std::string model, out, format = "nvfp4", method = "mr-gptq", scales, act_order = "static",
                 activations = "none", export_kind = "compressed-tensors", dtype, hessians, report,
-                max_memory, shard = "5G";
+                max_memory, shard = "5G", moe_calib = "routed";
+    int64_t moe_min_tokens = 128;
     int hadamard = -1;
     double damp = 0.01;
     std::vector<std::string> ignore;
@@ -138,6 +142,12 @@ void add_quantize(CLI::App& app) {
   c->add_option("--report", a->report, "Write the per-tensor report as JSON to this file");
   c->add_option("--max-memory", a->max_memory, "Refuse to start if the planned peak exceeds this (e.g. 16G; default: physical memory)");
   c->add_option("--max-shard-size", a->shard, "Largest output shard")->capture_default_str();
+  c->add_option("--moe-calib", a->moe_calib,
+                "MoE expert Hessians: routed (the tokens routed to each expert) | all-tokens (every "
+                "expert also runs on every calibration token, for the Hessians only)")->capture_default_str();
+  c->add_option("--moe-min-tokens", a->moe_min_tokens,
+                "With --moe-calib routed: experts that received fewer routed calibration tokens are "
+                "quantized with RTN, reported in the progress line and --report")->capture_default_str();
   c->add_flag("--force", a->force, "Replace OUT if it exists (atomically, at the end)");
   c->add_flag("--dry-run", a->dry_run, "Print the plan (what is quantized, sizes), the planned peak memory and a time estimate, and stop");
   a->calib.add(c);
@@ -157,6 +167,7 @@ void add_quantize(CLI::App& app) {
     o.report_path = a->report;
     o.max_memory = a->max_memory.empty() ? 0 : parse_size(a->max_memory, "--max-memory");
     o.max_shard_bytes = static_cast<uint64_t>(parse_size(a->shard, "--max-shard-size"));
+    o.moe = pipeline::parse_moe_calib(a->moe_calib, a->moe_min_tokens);
     if (!o.calib.dump_path.empty()) {  // also for runs that never calibrate (rtn, --hessians)
       pipeline::dump_calibration(o.model_dir, o.calib);
       o.calib.dump_path.clear();

@@ -295,7 +295,9 @@ void write_synthetic_model(const std::string& dir, const ModelShape& s, io::DTyp
   // Names and shapes from the model module itself, so reader and writer cannot disagree.
   const ModelConfig cfg = ModelConfig::from_json(config, dir + "/config.json");
   const int norm_kind = cfg.norm_plus_one ? 3 : 2;
-  add("model.embed_tokens.weight", {cfg.vocab, cfg.hidden}, 1);
+  // Gemma scales the embeddings by sqrt(hidden): store them at 1/sqrt(hidden) (kind 0's scale)
+  // so that the scaled rows and the tied logits stay O(1), as in the real checkpoints.
+  add("model.embed_tokens.weight", {cfg.vocab, cfg.hidden}, cfg.scale_embeddings ? 0 : 1);
   for (int l = 0; l < cfg.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {cfg.hidden}, norm_kind);

@@ -37,6 +37,50 @@ constexpr double kSecondsPerWeightThread = 40e-9;
 
 }  // namespace
 
+namespace {
+
+// MoE layers (every layer shaped like layer 0, which is sparse): the dense-MLP terms above are
+// replaced by the router and the routed experts (top_k of n_experts per token, --moe-calib
+// routed); experts are solved one group at a time, their Hessians all live through the pass.
+//   forward   per token 2·d·E (router) + top_k·2·2·d·Im (gate, up) [+ top_k·2·Im·d (down), quantized pass]
+//   Hessians  per token top_k·(d(d+1) + Im(Im+1))
+//   GPTQ      per expert: gate/up (2 members, n = d, rows 2·Im), down (n = Im, rows d)
+void add_moe_terms(const model::ModelConfig& c, const Plan& plan, int64_t n, int64_t T, bool calibrate,
+                   bool gptq, RunEstimate& e) {
+  const double d = static_cast<double>(c.hidden), I = static_cast<double>(c.intermediate),
+               Im = static_cast<double>(c.moe_intermediate), E = c.n_experts, k = c.n_experts_per_tok;
+  const double tokens = static_cast<double>(n) * static_cast<double>(T);
+  const int64_t B = std::min<int64_t>(std::max<int64_t>(n, 1), model::batch_sequences(T));
+  bool quantized = false;
+  for (int x = 0; x < plan.num_experts(0) && !quantized; ++x) {
+    const LinearPlan* lp = plan.find_expert(0, x, Proj::kGate);
+    quantized = lp && lp->quantize;
+  }
+  if (calibrate) {
+    e.calib_forward += tokens * (2.0 * d * E + k * 4.0 * d * Im - 4.0 * d * I);
+    e.quant_forward += tokens * (2.0 * d * E + k * 6.0 * d * Im - 6.0 * d * I);
+  }
+  const double ew = 3.0 * d * Im;  // weights of one expert
+  e.weights += static_cast<int64_t>(4.0 * (E * ew + E * d - 3.0 * d * I));
+  if (calibrate) e.forward += static_cast<int64_t>(4.0 * B * T * (E + 2 * d + 2 * Im - 2 * I));
+  if (quantized) {
+    e.weights_per_layer += E * ew;
+    if (calibrate && gptq) {
+      e.hessian += tokens * k * (d * (d + 1) + Im * (Im + 1));
+      e.hessians += static_cast<int64_t>(4.0 * E * (d * d + Im * Im));
+    }
+    if (gptq) {
+      e.gptq_factor += E * (2 * 2.0 * d * d * d / 3.0 + 2.0 * Im * Im * Im / 3.0);
+      e.gptq_sweep += E * (2 * Im * d * d + 2 * Im * d * 128.0 + d * Im * Im + d * Im * 128.0);
+      e.stats += E * (2.0 * 2 * Im * d * d + 2.0 * d * Im * Im);
+      e.solve = std::max(e.solve, static_cast<int64_t>(4.0 * (2 * d * d + 2 * 2 * Im * d + 2.5 * Im * d)));
+    }
+  }
+  e.total_flop = (e.calib_forward + e.hessian + e.quant_forward + e.gptq_factor + e.gptq_sweep + e.stats) * c.n_layers;
+}
+
+}  // namespace
+
 RunEstimate estimate_run(const model::ModelConfig& c, const Plan& plan, int64_t n, int64_t T,
                          bool calibrate, bool gptq) {
   RunEstimate e;
@@ -113,6 +157,7 @@ RunEstimate estimate_run(const model::ModelConfig& c, const Plan& plan, int64_t 
     e.weights = 0;
     e.embeddings = 0;
   }
+  if (c.is_moe_layer(0)) add_moe_terms(c, plan, n, T, calibrate, gptq, e);
   e.peak = e.activations + e.batch + e.forward + e.weights + e.embeddings + std::max(e.hessians, e.solve);
   return e;
 }

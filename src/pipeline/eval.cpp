@@ -43,11 +43,7 @@ struct PerLayerHook : model::LinearHook {
 // biases and norm weights in bf16; no-op for f32).
 void round_layer(model::LayerWeights& w, ComputeDtype d) {
   if (d == ComputeDtype::kF32) return;
-  for (auto& lw : w.lin) {
-    round_to(d, lw.w.data(), static_cast<int64_t>(lw.w.size()));
-    round_to(d, lw.bias.data(), static_cast<int64_t>(lw.bias.size()));
-  }
-  for (auto* v : {&w.input_norm, &w.post_norm, &w.q_norm, &w.k_norm}) round_to(d, v->data(), static_cast<int64_t>(v->size()));
+  for (auto* v : w.all_arrays()) round_to(d, v->data(), static_cast<int64_t>(v->size()));
 }
 
 // Layer weights of an fp4q output: quantized Linears dequantised in the rotated domain, everything
@@ -66,43 +62,33 @@ class QuantizedWeights {
 
  private:
   model::LayerWeights load(int l) const {
-    const auto& cfg = m_.config();
     const auto& files = im_.files();
     const auto& info = im_.info();
-    model::LayerWeights w;
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    w.input_norm = files.read_f32(p + "input_layernorm.weight");
-    w.post_norm = files.read_f32(p + "post_attention_layernorm.weight");
-    if (cfg.qk_norm) {
-      w.q_norm = files.read_f32(p + "self_attn.q_norm.weight");
-      w.k_norm = files.read_f32(p + "self_attn.k_norm.weight");
-    }
-    for (int k = 0; k < model::kNumLinear; ++k) {
-      const auto kind = static_cast<model::LinearKind>(k);
-      const std::string mod = model::linear_path(l, kind);
-      auto& lw = w.lin[k];
-      if (im_.is_quantized(mod)) {
-        const auto ql = im_.load(mod);
-        lw.out = ql.q.rows;
-        lw.in = ql.q.cols;
-        lw.w.resize(static_cast<size_t>(lw.out * lw.in));
-        format::dequantize(ql.q, lw.w.data());
-        if (proto_.quantize && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
-          throw Error(ErrorKind::kInput, "W4A4 evaluation needs input_global_scale", im_.dir() + ": " + mod,
-                      "quantize with --activations fp4, or evaluate with --activations none");
-        InputTransform t = proto_;
-        t.hadamard = ql.hadamard;
-        t.format = info.format;
-        t.global_scale = ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f;
-        hook_.t[{l, group_of(kind)}] = t;
-      } else {
-        lw.w = files.read_f32(mod + ".weight");
-        const auto& shape = files.info(mod + ".weight").shape;
-        lw.out = shape[0];
-        lw.in = shape[1];
-      }
-      if (files.has(mod + ".bias")) lw.bias = files.read_f32(mod + ".bias");
-    }
+    // Every checkpoint Linear of the layer (dense, fused, MoE experts: model::layer_linears);
+    // norms, biases and MoE routers come from the files as stored.
+    model::LayerWeights w = m_.load_layer(l, [&](const model::LayerLinear& ll) {
+      const std::string& mod = ll.module;
+      if (!im_.is_quantized(mod)) return files.read_f32(mod + ".weight");
+      const auto ql = im_.load(mod);
+      if (ql.q.rows != ll.out || ql.q.cols != ll.in)
+        throw Error(ErrorKind::kInput,
+                    "quantized shape [" + std::to_string(ql.q.rows) + ", " + std::to_string(ql.q.cols) +
+                        "] differs from config.json's [" + std::to_string(ll.out) + ", " + std::to_string(ll.in) + "]",
+                    im_.dir() + ": " + mod);
+      std::vector<float> deq(static_cast<size_t>(ll.out * ll.in));
+      format::dequantize(ql.q, deq.data());
+      if (proto_.quantize && format::spec(info.format).has_global_scale && !(ql.input_global_scale > 0))
+        throw Error(ErrorKind::kInput, "W4A4 evaluation needs input_global_scale", im_.dir() + ": " + mod,
+                    "quantize with --activations fp4, or evaluate with --activations none");
+      // One transform per (layer, input group): MoE experts of a layer share theirs (one
+      // rotation, 0, and one activation scale per layer), so the hook's per-kind lookup fits.
+      InputTransform t = proto_;
+      t.hadamard = ql.hadamard;
+      t.format = info.format;
+      t.global_scale = ql.input_global_scale > 0 ? ql.input_global_scale : 1.0f;
+      hook_.t[{l, group_of(ll.kind)}] = t;
+      return deq;
+    });
     round_layer(w, proto_.dtype);
     return w;
   }
@@ -133,10 +119,8 @@ class RoundedWeights {
 
 bool has_linear_bias(const model::Model& m, const exporter::ImportedModel& im) {
   for (int l = 0; l < m.config().n_layers; ++l)
-    for (int k = 0; k < model::kNumLinear; ++k) {
-      const std::string mod = model::linear_path(l, static_cast<model::LinearKind>(k));
-      if (im.is_quantized(mod) && im.files().has(mod + ".bias")) return true;
-    }
+    for (const auto& ll : model::layer_linears(m.config(), l))
+      if (im.is_quantized(ll.module) && im.files().has(ll.module + ".bias")) return true;
   return false;
 }
 
@@ -181,7 +165,10 @@ EvalResult run_eval(const EvalOptions& opt) {
       proto.quantize = true;
       proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime) : ActRuntime::kCompressedTensors;
       for (int l = 0; l < cfg.n_layers; ++l)
-        for (int g = 0; g < kNumInputGroups; ++g) hook.t[{l, g}] = proto;
+        for (int g = 0; g < kNumInputGroups; ++g) {
+          hook.t[{l, g}] = proto;
+          if (cfg.is_moe_layer(l) && g >= 2) hook.t[{l, g}].hadamard = 0;  // experts: never rotated
+        }
       use_hook = true;
     }
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <regex>
+#include <tuple>
 
 #include "fp4q/core/error.h"
 #include "fp4q/transform/hadamard.h"
@@ -64,8 +65,21 @@ QuantSettings resolve_settings(format::FormatId fmt, Method m, int hadamard,
 
 const LinearPlan* Plan::find(int layer, Proj p) const {
   for (const auto& l : linears)
-    if (l.layer == layer && l.proj == p) return &l;
+    if (l.layer == layer && l.proj == p && l.expert < 0 && !l.router) return &l;
   return nullptr;
+}
+
+const LinearPlan* Plan::find_expert(int layer, int e, Proj p) const {
+  for (const auto& l : linears)
+    if (l.layer == layer && l.expert == e && l.proj == p) return &l;
+  return nullptr;
+}
+
+int Plan::num_experts(int layer) const {
+  int n = 0;
+  for (const auto& l : linears)
+    if (l.layer == layer && l.expert >= 0) n = std::max(n, l.expert + 1);
+  return n;
 }
 
 int64_t Plan::num_quantized() const {
@@ -92,17 +106,43 @@ Plan make_plan(const io::ModelFiles& files, const QuantSettings& settings) {
     }
   }
   static const std::regex kName(
-      R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$)");
+      R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj|self_attn\.qkv_proj|mlp\.gate_up_proj)\.weight$)");
+  // MoE experts: Qwen3-MoE mlp.experts.E.{gate,up,down}_proj, Mixtral block_sparse_moe.experts.E.{w1,w3,w2}.
+  static const std::regex kExpert(
+      R"(^model\.layers\.(\d+)\.((?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2))\.weight$)");
+  static const std::regex kRouter(R"(^model\.layers\.(\d+)\.(mlp\.gate|block_sparse_moe\.gate)\.weight$)");
   std::map<std::pair<int, int>, LinearPlan> found;
+  std::map<std::tuple<int, int, int>, LinearPlan> experts;  // (layer, expert, proj)
+  std::map<int, LinearPlan> routers;
   int max_layer = -1;
   for (const auto& name : files.names()) {
     std::smatch m;
-    if (!std::regex_match(name, m, kName)) continue;
+    const bool dense = std::regex_match(name, m, kName);
+    const bool expert = !dense && std::regex_match(name, m, kExpert);
+    const bool router = !dense && !expert && std::regex_match(name, m, kRouter);
+    if (!dense && !expert && !router) continue;
     LinearPlan lp;
     lp.layer = std::stoi(m[1].str());
     const std::string suffix = m[2].str();
     int p = 0;
-    while (p < kNumProj && suffix != kSuffix[p]) ++p;
+    if (dense) {
+      if (suffix == "self_attn.qkv_proj") {
+        p = static_cast<int>(Proj::kQ);  // Phi-3: one fused Linear in the q/k/v slot
+      } else if (suffix == "mlp.gate_up_proj") {
+        p = static_cast<int>(Proj::kGate);  // Phi-3: one fused Linear in the gate/up slot
+      } else {
+        while (p < kNumProj && suffix != kSuffix[p]) ++p;
+      }
+    } else if (expert) {
+      lp.expert = std::stoi(m[3].str());
+      const std::string leaf = m[4].str();
+      p = static_cast<int>(leaf == "gate_proj" || leaf == "w1" ? Proj::kGate
+                           : leaf == "up_proj" || leaf == "w3" ? Proj::kUp
+                                                               : Proj::kDown);
+    } else {
+      lp.router = true;
+      p = static_cast<int>(Proj::kGate);
+    }
     FP4Q_ASSERT(p < kNumProj);
     lp.proj = static_cast<Proj>(p);
     lp.name = "model.layers." + m[1].str() + "." + suffix;
@@ -117,19 +157,35 @@ Plan make_plan(const io::ModelFiles& files, const QuantSettings& settings) {
                   " cannot be quantized (expected F32, F16 or BF16)", name,
                   "is this model already quantized?");
     const int G = format::spec(settings.format).group_size;
-    if (std::any_of(ignore.begin(), ignore.end(),
+    if (router) {
+      lp.skip_reason = "MoE router (kept in 16 bit, as vLLM expects)";
+    } else if (std::any_of(ignore.begin(), ignore.end(),
                     [&](const std::regex& r) { return std::regex_search(lp.name, r); })) {
       lp.skip_reason = "matches --ignore";
     } else if (lp.in % G != 0) {
       lp.skip_reason = "in_features " + std::to_string(lp.in) + " not divisible by group size " + std::to_string(G);
-    } else if (settings.hadamard > 0 && lp.in % settings.hadamard != 0) {
+    } else if (!expert && settings.hadamard > 0 && lp.in % settings.hadamard != 0) {
       lp.skip_reason = "in_features " + std::to_string(lp.in) + " not divisible by rotation block " +
                        std::to_string(settings.hadamard);
     } else {
       lp.quantize = true;
     }
     max_layer = std::max(max_layer, lp.layer);
-    found[{lp.layer, p}] = lp;
+    if (dense) found[{lp.layer, p}] = lp;
+    else if (expert) experts[std::make_tuple(lp.layer, lp.expert, p)] = lp;
+    else routers[lp.layer] = lp;
+  }
+  // All experts of a layer share one decision (one FusedMoE scheme per layer in vLLM).
+  for (int l = 0; l <= max_layer; ++l) {
+    std::string skipped;
+    for (auto& [key, lp] : experts)
+      if (std::get<0>(key) == l && !lp.quantize && skipped.empty()) skipped = lp.name + " (" + lp.skip_reason + ")";
+    if (skipped.empty()) continue;
+    for (auto& [key, lp] : experts)
+      if (std::get<0>(key) == l && lp.quantize) {
+        lp.quantize = false;
+        lp.skip_reason = "experts of one MoE layer share one scheme and " + skipped + " stays unquantized";
+      }
   }
   // Fused groups share one decision.
   for (int l = 0; l <= max_layer; ++l) {
@@ -149,7 +205,13 @@ Plan make_plan(const io::ModelFiles& files, const QuantSettings& settings) {
       }
     }
   }
-  for (auto& kv : found) plan.linears.push_back(kv.second);
+  for (int l = 0; l <= max_layer; ++l) {
+    for (auto& kv : found)
+      if (kv.first.first == l) plan.linears.push_back(kv.second);
+    if (routers.count(l)) plan.linears.push_back(routers[l]);
+    for (auto& [key, lp] : experts)
+      if (std::get<0>(key) == l) plan.linears.push_back(lp);
+  }
   plan.num_layers = max_layer + 1;
   if (plan.linears.empty())
     throw Error(ErrorKind::kInput, "no decoder Linear weights found (expected names like "

@@ -16,6 +16,7 @@
 #include "fp4q/pipeline/estimate.h"
 #include "fp4q/pipeline/hessian_file.h"
 #include "internal.h"
+#include "moe_quant.h"
 
 namespace fp4q::pipeline {
 
@@ -153,6 +154,17 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
   std::unique_ptr<HessianFile> hf;
   if (need_hessians && !opt.hessians_path.empty())
     hf = std::make_unique<HessianFile>(HessianFile::open(opt.hessians_path));
+  bool has_experts = false;
+  for (int l = 0; l < plan.num_layers; ++l) has_experts = has_experts || plan.num_experts(l) > 0;
+  if (has_experts && (opt.export_kind == exporter::ExportKind::kFpQuantReal ||
+                      opt.export_kind == exporter::ExportKind::kFpQuantPseudo))
+    throw Error(ErrorKind::kUsage,
+                "the fp-quant layouts cannot hold MoE experts (fp_quant converts nn.Linear modules; "
+                "transformers 5 stores experts as fused 3-D parameters)",
+                "--export", "use --export compressed-tensors (vLLM's fused-MoE loaders) or --export dequant");
+  if (hf && has_experts)
+    throw Error(ErrorKind::kUsage, "Hessian files do not cover MoE experts (their Hessians come from routed tokens)",
+                "--hessians", "calibrate instead (--calib / --calib-ids), or use --method rtn");
 
   io::AtomicDir out(opt.out_dir, opt.force);  // fails now, before any work, if OUT exists
   exporter::QuantizedModelInfo info;
@@ -189,6 +201,12 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
           ph.export_ += since(te);
         }
       }
+      if (plan.num_experts(l) > 0)  // MoE experts: RTN, unrotated (moe_quant.h)
+        quantize_experts_data_free(s, plan, l, files, &ph, [&](Solved&& sv) {
+          const auto te = Clock::now();
+          sink.quantized(std::move(sv));
+          ph.export_ += since(te);
+        });
       for (const auto& lp : plan.linears)
         if (lp.layer == l && !lp.quantize) sink.kept(lp);
       pass.flush(layer_prefix(l));
@@ -212,7 +230,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       model::LayerWeights w = model.load_layer(l);
       // 1) Hessian pass with full-precision weights (inputs of each Linear captured; the layer's
       //    output is not needed, so down_proj is not computed).
-      CaptureHook cap;
+      MoeCaptureHook cap(plan, l, opt.moe, need_hessians && !hf, need_act_scale);  // dense: = CaptureHook
       cap.hadamard = s.hadamard;
       cap.want_amax = need_act_scale;
       for (int g = 0; g < kNumInputGroups; ++g) {
@@ -262,6 +280,18 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
           sink.quantized(std::move(sv));
           ph.export_ += since(te);
         }
+      }
+      if (plan.num_experts(l) > 0) {  // MoE experts (moe_quant.h)
+        const ExpertSolveStats est = solve_layer_experts(
+            s, plan, l, wq, cap, n, need_hessians && !hf, need_act_scale, th, &ph, [&](Solved&& sv) {
+              const auto te = Clock::now();
+              sink.quantized(std::move(sv));
+              ph.export_ += since(te);
+            });
+        herr_sum += est.herr_sum;
+        herr_n += est.herr_n;
+        damp_max = std::max(damp_max, est.damp_max);
+        spdlog::info("layer {}/{}: {}", l + 1, plan.num_layers, expert_stats_text(est, opt.moe));
       }
       {
         const auto te = Clock::now();

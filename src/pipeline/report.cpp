@@ -45,6 +45,8 @@ nlohmann::json to_json(const TensorRecord& r) {
   j["damp"] = r.damp;
   j["damp_tries"] = r.damp_tries;
   j["samples"] = r.samples;
+  if (r.tokens >= 0) j["tokens"] = r.tokens;
+  if (!r.note.empty()) j["note"] = r.note;
   j["bytes_before"] = r.bytes_before;
   j["bytes_after"] = r.bytes_after;
   j["seconds"] = r.seconds;
@@ -84,6 +86,8 @@ std::string progress_line(const TensorRecord& r, int index, int total) {
     if (r.rtn_hessian_err >= 0) s << " (rtn " << fmt_err(r.rtn_hessian_err) << ")";
   }
   if (r.damp_tries > 1) s << "  damp " << r.damp << " after " << r.damp_tries << " tries";
+  if (r.tokens >= 0) s << "  tokens " << r.tokens;
+  if (!r.note.empty()) s << "  [" << r.note << "]";
   char tail[128];
   std::snprintf(tail, sizeof tail, "  %s -> %s  %.2f s", human_bytes(r.bytes_before).c_str(),
                 human_bytes(r.bytes_after).c_str(), r.seconds);

@@ -30,6 +30,11 @@ void for_each_layer_hessians(const std::string& model_dir, const CalibOptions& c
                              const std::function<void(int, const model::LayerWeights&, LayerHessians&)>& fn) {
   const auto model = model::Model::open(model_dir);
   const auto& cfg = model.config();
+  if (cfg.is_moe())
+    throw Error(ErrorKind::kUsage,
+                std::string(cfg.arch_string) + " has MoE experts, whose Hessians come from routed tokens; "
+                "`fp4q report` and `fp4q hessians` handle dense layers only",
+                model_dir, "quantize with `fp4q quantize` (per-expert Hessians, --report FILE for the per-tensor table)");
   const auto cs = calibration_set(model_dir, cfg, c);
   const int64_t n = static_cast<int64_t>(cs.samples.size()), T = cs.seqlen;
   {

@@ -8,6 +8,16 @@
 //    divisible by the format's group size or by the rotation block; the reason is recorded;
 //  * fused groups (q/k/v, gate/up) must share one decision because vLLM fuses them into one
 //    GEMM with one scheme: if any member is kept, all members are kept.
+//  * checkpoint-fused Linears (Phi-3 self_attn.qkv_proj, mlp.gate_up_proj) are ONE target each,
+//    with proj kQ / kGate: quantized as the fused tensor with one NVFP4 global scale, which is
+//    what vLLM loads (QKVParallelLinear / MergedColumnParallelLinear fill every shard's scale
+//    slot from the single on-disk scale).
+//  * MoE experts (model.layers.L.mlp.experts.E.{gate,up,down}_proj, Mixtral's
+//    block_sparse_moe.experts.E.{w1,w3,w2}) are targets with expert = E and proj kGate / kUp /
+//    kDown; ALL experts of one layer share one decision (vLLM runs a layer's experts as one
+//    FusedMoE with one scheme). Experts are never rotated (hadamard 0: no MoE runtime applies an
+//    online transform to expert inputs), so only the group size constrains them.
+//  * MoE routers (mlp.gate / block_sparse_moe.gate) are listed as kept: they stay in 16 bit.
 #pragma once
 
 #include <cstdint>
@@ -55,6 +65,8 @@ struct LinearPlan {
   std::string name;       // module name, e.g. model.layers.0.self_attn.q_proj
   int layer = 0;
   Proj proj = Proj::kQ;
+  int expert = -1;        // MoE expert index (-1: a dense Linear or the router)
+  bool router = false;    // MoE router (always kept)
   int64_t out = 0, in = 0;
   io::DType dtype = io::DType::kF32;
   bool quantize = false;
@@ -64,8 +76,15 @@ struct LinearPlan {
 struct Plan {
   QuantSettings settings;
   int num_layers = 0;
-  std::vector<LinearPlan> linears;  // layer-major, Proj order; only linears that exist
+  // layer-major; per layer the dense Linears in Proj order, then the router, then the experts
+  // (expert-major, gate/up/down); only linears that exist
+  std::vector<LinearPlan> linears;
+  // The dense Linear (not an expert or router) of `layer` with proj p, or nullptr.
   const LinearPlan* find(int layer, Proj p) const;
+  // The Linear of expert e in `layer` with proj p (kGate/kUp/kDown), or nullptr.
+  const LinearPlan* find_expert(int layer, int e, Proj p) const;
+  // Number of experts with Linears in `layer` (0 for dense layers).
+  int num_experts(int layer) const;
   int64_t num_quantized() const;
   std::vector<std::string> ignored_names() const;
 };

@@ -28,6 +28,20 @@ struct CalibOptions {
   std::string dump_path;     // --dump-calib: write the windows used as JSON (fp4q/calib/windows.h)
 };
 
+// MoE expert calibration (Qwen3-MoE, Mixtral).
+//   routed (default): each expert's Hessians come from the calibration tokens the router sends
+//     to it; an expert that received fewer than min_tokens tokens is quantized with RTN (same
+//     scales, no GPTQ), reported on its progress line and in the report ("note"), never silently.
+//   all-tokens: for the Hessians only, every expert also runs on every calibration token (as
+//     GPTQModel / llm-compressor offer): gate/up share the MoE block input's Hessian, down's comes
+//     from the expert's own activations on all tokens (n_experts / top_k times the expert
+//     compute of a routed pass); the layer output still follows the routing. No fallback needed.
+struct MoeOptions {
+  bool all_tokens = false;
+  int64_t min_tokens = 128;
+};
+MoeOptions parse_moe_calib(const std::string& mode, int64_t min_tokens);
+
 struct QuantizeOptions {
   std::string model_dir, out_dir;
   QuantSettings settings;
@@ -41,6 +55,7 @@ struct QuantizeOptions {
   int64_t max_memory = 0;          // bytes; 0 = physical memory
   uint64_t max_shard_bytes = 5ull << 30;
   bool forward_last_layer = false; // also run the quantized forward of the last layer (bench)
+  MoeOptions moe;                  // --moe-calib, --moe-min-tokens
 };
 
 // Wall-clock seconds of each phase of a run, summed over layers (for logs and `fp4q bench`).

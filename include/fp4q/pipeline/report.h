@@ -26,6 +26,9 @@ struct TensorRecord {
   double damp = 0;                // relative damping actually used (GPTQ)
   int damp_tries = 0;
   int64_t samples = 0;            // calibration sequences behind the Hessian
+  int64_t tokens = -1;            // MoE expert: calibration tokens behind its Hessian (routed,
+                                  // or all with --moe-calib all-tokens); -1 otherwise
+  std::string note;               // e.g. an MoE expert's RTN fallback and why (never silent)
   int64_t bytes_before = 0, bytes_after = 0;
   double seconds = 0;
 };
