@@ -18,12 +18,19 @@ namespace fp4q::cli {
 
 namespace {
 
+std::string shape_list(const char* sep) {
+  std::string s;
+  for (const auto& n : model::model_shape_names()) s += (s.empty() ? "" : sep) + n;
+  return s;
+}
+
 void add_synth(CLI::App& app) {
   auto* c = app.add_subcommand("synth", "Write a synthetic model directory with real layer shapes (random weights)");
   c->footer("Examples:\n"
             "  fp4q synth out/llama8b-2l --shape llama3-8b --layers 2\n"
             "  fp4q synth out/tiny --shape tiny --ids 65536   # + random-ids.txt for --calib-ids\n"
-            "Shapes: llama3-8b, llama3-70b, qwen3-8b, qwen3-14b, qwen3-32b, tiny.");
+            "  fp4q synth out/moe --shape qwen3-30b-a3b --layers 2   # MoE: 128 experts per layer\n"
+            "Shapes: " + shape_list(", ") + ".");
   struct Args {
     std::string out, shape = "tiny", dtype = "bf16";
     int layers = 0;
@@ -87,7 +94,7 @@ void add_bench(CLI::App& app) {
     bool json = false;
   };
   auto a = std::make_shared<Args>();
-  c->add_option("--shape", a->shape, "Preset: llama3-8b | llama3-70b | qwen3-8b | qwen3-14b | qwen3-32b | tiny")->capture_default_str();
+  c->add_option("--shape", a->shape, "Preset: " + shape_list(" | "))->capture_default_str();
   c->add_option("--hidden", a->hidden, "Override: hidden size");
   c->add_option("--intermediate", a->intermediate, "Override: intermediate size");
   c->add_option("--heads", a->heads, "Override: attention heads");
