@@ -472,9 +472,13 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where, bool
     const double qpas = get_num(j, "query_pre_attn_scalar", where, false, 256.0);
     if (!(qpas > 0)) bad(where, "query_pre_attn_scalar", "must be > 0");
     c.attn_scale = std::pow(qpas, -0.5);
-    c.attn_softcap = get_num(j, "attn_logit_softcapping", where, false, 0.0);
+    // attn_logit_softcapping is read but has no effect: transformers' Gemma3Attention.forward does
+    // not pass it to the attention function (Gemma-2's does), so fp4q does not apply it either.
+    // final_logit_softcapping IS applied (Gemma2ForCausalLM.forward, which Gemma-3 inherits).
+    if (get_num(j, "attn_logit_softcapping", where, false, 0.0) < 0)
+      bad(where, "attn_logit_softcapping", "must be > 0 or null");
+    c.attn_softcap = 0.0;
     c.final_softcap = get_num(j, "final_logit_softcapping", where, false, 0.0);
-    if (c.attn_softcap < 0) bad(where, "attn_logit_softcapping", "must be > 0 or null");
     if (c.final_softcap < 0) bad(where, "final_logit_softcapping", "must be > 0 or null");
     if (present(j, "use_bidirectional_attention") && !j.at("use_bidirectional_attention").is_boolean())
       bad(where, "use_bidirectional_attention", "unsupported value " + j.at("use_bidirectional_attention").dump(),

@@ -165,7 +165,8 @@ TEST(ArchConfig, Gemma3_1bLegacyAndTransformers5) {
   s["final_logit_softcapping"] = 30.0;
   s["query_pre_attn_scalar"] = 144;
   const ModelConfig cs = parse(s);
-  EXPECT_DOUBLE_EQ(cs.attn_softcap, 50.0);
+  EXPECT_DOUBLE_EQ(cs.attn_softcap, 0.0);  // transformers' Gemma3Attention does not apply it
+  
   EXPECT_DOUBLE_EQ(cs.final_softcap, 30.0);
   EXPECT_DOUBLE_EQ(cs.attention_scale(), 1.0 / 12.0);
   json b = j;

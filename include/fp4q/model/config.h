@@ -14,7 +14,8 @@
 //                                                always renormalised), experts w1/w3/w2
 //   Gemma3ForCausalLM   (model_type gemma3_text) RMSNorm y = x/rms * (1 + w); embeddings * sqrt(hidden);
 //                                                q/k norms; attention scale query_pre_attn_scalar^-0.5;
-//                                                optional attention / final-logit tanh soft-capping;
+//                                                final-logit tanh soft-capping (attn_logit_softcapping
+//                                                is ignored, as transformers' Gemma3Attention does);
 //                                                sliding_attention layers with their own RoPE base;
 //                                                post-attention and pre/post-feed-forward norms; GELU-tanh
 //   Phi3ForCausalLM     (model_type phi3)        fused self_attn.qkv_proj (q rows, k rows, v rows) and
@@ -106,7 +107,9 @@ struct ModelConfig {
                                  // pre_feedforward_layernorm / post_feedforward_layernorm
   double attn_scale = 0.0;       // attention score scale; 0 = head_dim^-0.5 (Gemma-3:
                                  // query_pre_attn_scalar^-0.5)
-  double attn_softcap = 0.0;     // attn_logit_softcapping (0 = none): s = cap * tanh(s / cap)
+  double attn_softcap = 0.0;     // attention score soft-cap (0 = none): s = cap * tanh(s / cap).
+                                 // Gemma-3's attn_logit_softcapping does not set it: transformers'
+                                 // Gemma3Attention ignores that field (Gemma-2 applied it)
   double final_softcap = 0.0;    // final_logit_softcapping (0 = none), on the logits
   bool scale_embeddings = false; // embeddings * float32(sqrt(hidden)) (Gemma3TextScaledWordEmbedding)
   // Per layer: attention window in tokens (0 = full causal attention). Query t attends to keys
