@@ -33,8 +33,10 @@ Models (hidden 64, bf16 storage unless noted, fixed seeds, each < 200 KB):
   mixtral_tiny           MixtralForCausalLM, 2 layers, 4 experts top-2, intermediate 64, GQA 4/2
   gemma3_tiny            Gemma3ForCausalLM, 3 layers (sliding, sliding, full), sliding_window 4
                          (in effect at T = 16), local rope 10000 / global 1e6 with linear factor 4,
-                         query_pre_attn_scalar 24 (!= head_dim 16), attn soft-cap 20, final soft-cap
-                         15, GELU-tanh, (1 + w) norms (stored w ~ 0.1 N(0,1)), tied embeddings
+                         query_pre_attn_scalar 24 (!= head_dim 16), final soft-cap 15, GELU-tanh,
+                         (1 + w) norms (stored w ~ 0.1 N(0,1)), tied embeddings; attn_logit_softcapping
+                         20 is set too: transformers' Gemma3Attention does not apply it (fp4q neither),
+                         golden.json's "attn_softcap_effect_max_abs" records what removing it changes
   phi3_tiny              Phi3ForCausalLM, 2 layers, fused qkv_proj / gate_up_proj, GQA 4/2,
                          sliding_window 8 (in effect at T = 16)
   phi3_longrope_tiny     Phi3ForCausalLM, partial_rotary_factor 0.75 (rotary dim 12 of 16),
@@ -371,6 +373,18 @@ def make_tiny(spec, out_dir, log):
                        f"{meta['no_window_max_abs_diff']:.4g} (the window is in effect)")
         except Exception as e:  # noqa: BLE001 -- diagnostic only
             log.append(f"{spec['name']}: no-window comparison skipped ({e!r})")
+    if spec.get("gemma"):
+        import copy
+        c3 = copy.deepcopy(m32.config)
+        c3.attn_logit_softcapping = None
+        m_nc = AutoModelForCausalLM.from_config(c3, attn_implementation="eager").float()
+        m_nc.load_state_dict(m32.state_dict(), strict=False)
+        m_nc.eval()
+        with torch.no_grad():
+            lnc = m_nc(ids).logits[0].float()
+        meta["attn_softcap_effect_max_abs"] = (lnc - logits).abs().max().item()
+        log.append(f"{spec['name']}: removing attn_logit_softcapping changes the logits by "
+                   f"{meta['attn_softcap_effect_max_abs']:.4g} (0 = transformers ignores it)")
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump(meta, f, indent=1)
     with open(os.path.join(d, "config.json")) as f:
