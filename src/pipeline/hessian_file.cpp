@@ -14,10 +14,11 @@ bool ends_with(const std::string& s, const std::string& suf) {
 }  // namespace
 
 std::string hessian_key_module(const std::string& module) {
-  for (const char* from : {"self_attn.k_proj", "self_attn.v_proj"})
+  // Phi-3's fused qkv_proj / gate_up_proj read the Hessian of their input group too.
+  for (const char* from : {"self_attn.k_proj", "self_attn.v_proj", "self_attn.qkv_proj"})
     if (ends_with(module, from)) return module.substr(0, module.size() - std::strlen(from)) + "self_attn.q_proj";
-  if (ends_with(module, "mlp.up_proj"))
-    return module.substr(0, module.size() - std::strlen("mlp.up_proj")) + "mlp.gate_proj";
+  for (const char* from : {"mlp.up_proj", "mlp.gate_up_proj"})
+    if (ends_with(module, from)) return module.substr(0, module.size() - std::strlen(from)) + "mlp.gate_proj";
   return module;
 }
 
