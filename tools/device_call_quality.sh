@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One GPU-machine call that does all of the quality / consumer work at once (issues 9, 10, 12),
+# so the short device budget pays for one machine start. Run from the repository root there:
+#
+#   bash tools/device_call_quality.sh "$OUT"
+#
+# carry: .device/run (fp4q-bin.tar.xz from `tools/device_bundle.sh`, train-corpus.tar.xz and
+#        tinyshakespeare.txt), .device/consumers (tools/make_consumer_exports.sh),
+#        .ref/FP-Quant (tools/get_fpquant.sh), .ref/fp_quant-inference_lib (FP-Quant's inference_lib/),
+#        .ref/compressed-tensors (its src/)
+#
+# What runs (background jobs share the GPU; each has its own time limit so the packing at the end
+# always happens inside the call's 600 s):
+#   1. tools/golden_models_moe.py                     -> $OUT/tiny_models_moe.tar.gz     (issue 12)
+#   2. fp_quant installed from source, tools/verify_consumers.py on .device/consumers (issue 10)
+#   3. tools/train_eval_model.py (TRAIN_BUDGET s)      -> $OUT/fp4q-llama-23m.tar.partNN, train_log.json
+#   4. tools/fpquant_side_by_side.sh prepare / fpquant (GPU) / fp4q (CPU, THREADS) on that model
+#   5. everything small in $OUT/results.tar.gz (sbs/: calib.json, eval ids, fp4q.tsv, reports;
+#      fpquant.jsonl/log, consumers.json/log, logs)
+# Cells the fp4q side did not reach in time are finished here: the harness skips cells already in
+# fp4q.tsv.
+set -u
+out="${1:?usage: tools/device_call_quality.sh OUT}"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+el() { echo "[$(( $(date +%s) - t0 )) s] $*" >&2; }
+log="$out/logs"; mkdir -p "$log"
+
+mkdir -p /tmp/fp4q-bin && tar -xJf .device/run/fp4q-bin.tar.xz -C /tmp/fp4q-bin
+export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib FP4Q=/tmp/fp4q-bin/fp4q
+"$FP4Q" --version >&2 || { el "fp4q bundle does not run"; ldd "$FP4Q" >&2; }
+
+# 1. MoE goldens
+( timeout 240 python3 tools/golden_models_moe.py --out /tmp/moe > "$log/moe.log" 2>&1; echo "rc=$?" >> "$log/moe.log"
+  cp /tmp/moe/*.tar.gz "$out/" 2>/dev/null ) &
+
+# 2. consumers (fp_quant from source: pip --no-deps --no-index --target; fall back to a plain copy)
+( (python3 -m pip install -q --no-deps --no-index --no-build-isolation --target /tmp/site .ref/fp_quant-inference_lib/inference_lib \
+     || { mkdir -p /tmp/site/fp_quant-0.3.2.dist-info && cp -r .ref/fp_quant-inference_lib/inference_lib/src/fp_quant /tmp/site/ \
+          && printf 'Metadata-Version: 2.1\nName: fp_quant\nVersion: 0.3.2\n' > /tmp/site/fp_quant-0.3.2.dist-info/METADATA; }) > "$log/pip.log" 2>&1
+  PYTHONPATH=/tmp/site timeout 420 python3 tools/verify_consumers.py --root .device/consumers/stories260K \
+     --ct-src .ref/compressed-tensors/src --out "$log/consumers.json" --log "$log/consumers_log.txt" > "$log/consumers.out" 2>&1
+  echo "rc=$?" >> "$log/consumers.out" ) &
+
+# 3. the evaluation model
+mkdir -p .device/train-corpus && tar -xJf .device/run/train-corpus.tar.xz -C .device/train-corpus
+timeout 260 python3 tools/train_eval_model.py --corpus .device/train-corpus --out "$out" \
+  --time-budget "${TRAIN_BUDGET:-110}" > "$log/train.log" 2>&1
+el "train rc=$?"
+bash tools/reassemble_model.sh "$out" models > "$log/reassemble.log" 2>&1 || el "reassemble failed"
+
+# 4. side by side
+if [ -d models/fp4q-llama-23m ]; then
+  CALIB_TEXT=.device/run/tinyshakespeare.txt EVAL_MAX_TOKENS="${EVAL_MAX_TOKENS:-131072}" \
+    bash tools/fpquant_side_by_side.sh prepare models/fp4q-llama-23m .device/sbs > "$log/prepare.log" 2>&1
+  el "prepare rc=$?"
+  left=$(( ${CALL_SECONDS:-560} - ($(date +%s) - t0) - 25 ))
+  ( JOBS="${JOBS:-6}" timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m .device/sbs \
+      .ref/FP-Quant "$log" > "$log/fpquant.out" 2>&1; echo "rc=$?" >> "$log/fpquant.out" ) &
+  fpq=$!
+  CELLS="${FP4Q_CELLS:-nvfp4-w4a16-mrgptq nvfp4-w4a4-mrgptq mxfp4-w4a16-mrgptq mxfp4-w4a4-mrgptq nvfp4-w4a16-gptq nvfp4-w4a4-gptq mxfp4-w4a16-gptq mxfp4-w4a4-gptq nvfp4-w4a16-rtn nvfp4-w4a4-rtn mxfp4-w4a16-rtn mxfp4-w4a4-rtn nvfp4-w4a16-mrgptq0 nvfp4-w4a4-mrgptq0 mxfp4-w4a16-mrgptq0 mxfp4-w4a4-mrgptq0 nvfp4-w4a16-mrgptqh nvfp4-w4a4-mrgptqh}" \
+    THREADS="${THREADS:-8}" timeout "$left" bash tools/fpquant_side_by_side.sh fp4q models/fp4q-llama-23m .device/sbs \
+    > "$log/fp4q.out" 2>&1
+  el "fp4q side rc=$?"
+  wait "$fpq"
+  el "fpquant side done"
+fi
+wait
+el "packing"
+mkdir -p /tmp/pack/sbs && cp .device/sbs/*.json .device/sbs/*.tsv .device/sbs/plan.txt /tmp/pack/sbs/ 2>/dev/null
+cp .device/sbs/fp4q/*.report.json /tmp/pack/sbs/ 2>/dev/null
+cp -r "$log" /tmp/pack/
+tar -czf "$out/results.tar.gz" -C /tmp/pack .
+rm -rf "$log"
+el "done"
+ls -la "$out" >&2
