@@ -88,7 +88,8 @@ void add_bench(CLI::App& app) {
             "Each phase: seconds, GFLOP, GFLOP/s and the ratio to OpenBLAS SGEMM measured on the same\n"
             "threads in the same run; plus the projected time of the whole model at 128 x 2048 tokens.");
   struct Args {
-    std::string shape = "llama3-8b", threads, format = "nvfp4", method = "mr-gptq", activations = "none", work_dir;
+    std::string shape = "llama3-8b", threads, format = "nvfp4", method = "mr-gptq", activations = "none", work_dir,
+                compute = "f32";
     int64_t hidden = 0, intermediate = 0, samples = 16, seqlen = 2048;
     int heads = 0, kv_heads = 0, head_dim = 0, layers = 0;
     bool json = false;
@@ -107,6 +108,7 @@ void add_bench(CLI::App& app) {
   c->add_option("-f,--format", a->format, "nvfp4 | mxfp4 | ...")->capture_default_str();
   c->add_option("-m,--method", a->method, "rtn | gptq | mr-gptq")->capture_default_str();
   c->add_option("--activations", a->activations, "none | fp4")->capture_default_str();
+  c->add_option("--compute", a->compute, "f32 | bf16: calibration Linear products (as quantize --compute)")->capture_default_str();
   c->add_option("--work-dir", a->work_dir, "Directory for the temporary synthetic model (default $TMPDIR or /tmp)");
   c->add_flag("--json", a->json, "JSON array of phase rows on stdout");
   add_action(c, [a] {
@@ -131,6 +133,7 @@ void add_bench(CLI::App& app) {
     else if (a->activations != "none")
       throw Error(ErrorKind::kUsage, "unknown activation mode '" + a->activations + "'", "--activations", "none or fp4");
     o.work_dir = a->work_dir;
+    o.calib_compute = parse_compute_option(a->compute);
     const auto runs = pipeline::run_bench(o);
     std::fputs((a->json ? pipeline::bench_json(o, runs) : pipeline::bench_text(o, runs)).c_str(), stdout);
   });

@@ -54,6 +54,16 @@ int64_t parse_size(const std::string& s, const std::string& flag) {
   return static_cast<int64_t>(v * mul);
 }
 
+}  // namespace
+
+ComputeDtype parse_compute_option(const std::string& s) {
+  if (s == "f32" || s == "fp32" || s == "float32") return ComputeDtype::kF32;
+  if (s == "bf16" || s == "bfloat16") return ComputeDtype::kBF16;
+  throw Error(ErrorKind::kUsage, "unknown compute dtype '" + s + "'", "--compute", "choose f32 or bf16");
+}
+
+namespace {
+
 exporter::Activations parse_acts(const std::string& s) {
   if (s == "none" || s == "16" || s == "bf16") return exporter::Activations::kNone;
   if (s == "fp4") return exporter::Activations::kFp4;
@@ -117,7 +127,7 @@ void add_quantize(CLI::App& app) {
   struct Args {
     std::string model, out, format = "nvfp4", method = "mr-gptq", scales, act_order = "static",
                 activations = "none", export_kind = "compressed-tensors", dtype, hessians, report,
-                max_memory, shard = "5G", moe_calib = "routed";
+                max_memory, shard = "5G", moe_calib = "routed", compute = "f32";
     int64_t moe_min_tokens = 128;
     int hadamard = -1;
     double damp = 0.01;
@@ -148,6 +158,10 @@ void add_quantize(CLI::App& app) {
   c->add_option("--moe-min-tokens", a->moe_min_tokens,
                 "With --moe-calib routed: experts that received fewer routed calibration tokens are "
                 "quantized with RTN, reported in the progress line and --report")->capture_default_str();
+  c->add_option("--compute", a->compute,
+                "f32 | bf16: arithmetic of the calibration forward's Linear products. bf16 (CPUs with "
+                "AVX512_BF16): inputs and weights rounded to bf16, float32 accumulation, Hessians from "
+                "the bf16 inputs, as GPU quantizers calibrate; f32 is the reference")->capture_default_str();
   c->add_flag("--force", a->force, "Replace OUT if it exists (atomically, at the end)");
   c->add_flag("--dry-run", a->dry_run, "Print the plan (what is quantized, sizes), the planned peak memory and a time estimate, and stop");
   a->calib.add(c);
@@ -168,6 +182,7 @@ void add_quantize(CLI::App& app) {
     o.max_memory = a->max_memory.empty() ? 0 : parse_size(a->max_memory, "--max-memory");
     o.max_shard_bytes = static_cast<uint64_t>(parse_size(a->shard, "--max-shard-size"));
     o.moe = pipeline::parse_moe_calib(a->moe_calib, a->moe_min_tokens);
+    o.calib_compute = parse_compute_option(a->compute);
     if (!o.calib.dump_path.empty()) {  // also for runs that never calibrate (rtn, --hessians)
       pipeline::dump_calibration(o.model_dir, o.calib);
       o.calib.dump_path.clear();

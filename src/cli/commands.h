@@ -3,8 +3,11 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "fp4q/core/compute_dtype.h"
 
 namespace fp4q::cli {
 
@@ -14,5 +17,7 @@ void add_action(const CLI::App* sub, std::function<void()> action);
 // Subcommands defined in bench_cmd.cpp: `synth` and `bench`.
 void add_bench_commands(CLI::App& app);
 void run_selected(CLI::App& app);
+// --compute f32 | bf16 (quantize, bench) -> ComputeDtype; Error(kUsage) naming --compute otherwise.
+ComputeDtype parse_compute_option(const std::string& s);
 
 }  // namespace fp4q::cli

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fp4q/linalg/bf16_gemm.h"
 #include "fp4q/linalg/blas.h"
 
 #include "fp4q/core/error.h"
@@ -23,6 +24,17 @@ void linear(const float* x, int64_t T, int64_t in, const float* W, int64_t out, 
     // so the bits do not depend on the thread count.
     linalg::sgemm(false, true, T, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
   }
+  if (bias)
+    detail::par_for(static_cast<long>(T), static_cast<double>(out), [&](long t) {
+      float* yr = y + t * out;
+      for (int64_t c = 0; c < out; ++c) yr[c] += bias[c];
+    });
+}
+
+void linear_bf16(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
+                 const float* bias, float* y) {
+  if (T <= 0 || out <= 0) return;
+  linalg::gemm_bf16_nt(T, out, in, x, in, W, in, y, out);  // in == 0 gives zeros
   if (bias)
     detail::par_for(static_cast<long>(T), static_cast<double>(out), [&](long t) {
       float* yr = y + t * out;

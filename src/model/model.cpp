@@ -8,6 +8,7 @@
 #include "fp4q/model/bf16_ops.h"
 #include "fp4q/core/log.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/linalg/bf16_gemm.h"
 #include "fp4q/linalg/buffer.h"
 #include "par.h"
 
@@ -478,18 +479,19 @@ void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t n
   // ---- attention block: hidden += o_proj(attn(rope(q), rope(k), v)) of rms_norm(hidden).
   float* xn = ws.get(kXn, n * H);
   norm(hidden, N, H, w.input_norm, xn);
+  round_linear_input(xn, N, H);
   if (hook) hook->on_input_batch(l, LinearKind::kQ, xn, n_seq, N, H);
   float* q = ws.get(kQb, n * QD);
   float* k = ws.get(kKb, n * KVD);
   float* v = ws.get(kVb, n * KVD);
   if (c.fused_qkv) {  // Phi-3: qkv_proj rows are q (QD), k (KVD), v (KVD)
-    linear(xn, N, H, rows_of(LinearKind::kQ, 0), QD, bias_rows(LinearKind::kQ, 0), q);
-    linear(xn, N, H, rows_of(LinearKind::kQ, QD), KVD, bias_rows(LinearKind::kQ, QD), k);
-    linear(xn, N, H, rows_of(LinearKind::kQ, QD + KVD), KVD, bias_rows(LinearKind::kQ, QD + KVD), v);
+    layer_linear(xn, N, H, rows_of(LinearKind::kQ, 0), QD, bias_rows(LinearKind::kQ, 0), q);
+    layer_linear(xn, N, H, rows_of(LinearKind::kQ, QD), KVD, bias_rows(LinearKind::kQ, QD), k);
+    layer_linear(xn, N, H, rows_of(LinearKind::kQ, QD + KVD), KVD, bias_rows(LinearKind::kQ, QD + KVD), v);
   } else {
-    linear(xn, N, H, rows_of(LinearKind::kQ, 0), QD, bias_rows(LinearKind::kQ, 0), q);
-    linear(xn, N, H, rows_of(LinearKind::kK, 0), KVD, bias_rows(LinearKind::kK, 0), k);
-    linear(xn, N, H, rows_of(LinearKind::kV, 0), KVD, bias_rows(LinearKind::kV, 0), v);
+    layer_linear(xn, N, H, rows_of(LinearKind::kQ, 0), QD, bias_rows(LinearKind::kQ, 0), q);
+    layer_linear(xn, N, H, rows_of(LinearKind::kK, 0), KVD, bias_rows(LinearKind::kK, 0), k);
+    layer_linear(xn, N, H, rows_of(LinearKind::kV, 0), KVD, bias_rows(LinearKind::kV, 0), v);
   }
   out(q, QD);
   out(k, KVD);
@@ -526,8 +528,9 @@ void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t n
   } else {
     attention_batched(q, k, v, n_seq, T, c.n_heads, c.n_kv_heads, c.head_dim, ctx, ao);
   }
+  round_linear_input(ctx, N, QD);
   if (hook) hook->on_input_batch(l, LinearKind::kO, ctx, n_seq, N, QD);
-  linear(ctx, N, QD, w[LinearKind::kO].w.data(), H, bias_rows(LinearKind::kO, 0), xn);
+  layer_linear(ctx, N, QD, w[LinearKind::kO].w.data(), H, bias_rows(LinearKind::kO, 0), xn);
   out(xn, H);
   if (c.sandwich_norms) norm(xn, N, H, w.post_norm, xn);  // Gemma-3: norm of the attention output
   add_into_hidden(xn);
@@ -541,23 +544,25 @@ void Model::layer_forward(int l, const LayerWeights& w, float* hidden, int64_t n
     add_into_hidden(y);
     return;
   }
+  round_linear_input(xn, N, H);
   if (hook) hook->on_input_batch(l, LinearKind::kGate, xn, n_seq, N, H);
   float* g = ws.get(kGb, n * I);
   float* u = ws.get(kUb, n * I);
   if (c.fused_gate_up) {  // Phi-3: gate_up_proj rows are gate (I), then up (I)
-    linear(xn, N, H, rows_of(LinearKind::kGate, 0), I, bias_rows(LinearKind::kGate, 0), g);
-    linear(xn, N, H, rows_of(LinearKind::kGate, I), I, bias_rows(LinearKind::kGate, I), u);
+    layer_linear(xn, N, H, rows_of(LinearKind::kGate, 0), I, bias_rows(LinearKind::kGate, 0), g);
+    layer_linear(xn, N, H, rows_of(LinearKind::kGate, I), I, bias_rows(LinearKind::kGate, I), u);
   } else {
-    linear(xn, N, H, rows_of(LinearKind::kGate, 0), I, bias_rows(LinearKind::kGate, 0), g);
-    linear(xn, N, H, rows_of(LinearKind::kUp, 0), I, bias_rows(LinearKind::kUp, 0), u);
+    layer_linear(xn, N, H, rows_of(LinearKind::kGate, 0), I, bias_rows(LinearKind::kGate, 0), g);
+    layer_linear(xn, N, H, rows_of(LinearKind::kUp, 0), I, bias_rows(LinearKind::kUp, 0), u);
   }
   out(g, I);
   out(u, I);
   if (bf) swiglu_bf16(g, u, N * I);
   else glu(g, u, N * I, c.act);
+  round_linear_input(g, N, I);
   if (hook) hook->on_input_batch(l, LinearKind::kDown, g, n_seq, N, I);
   if (!need_output) return;
-  linear(g, N, I, w[LinearKind::kDown].w.data(), H, bias_rows(LinearKind::kDown, 0), xn);
+  layer_linear(g, N, I, w[LinearKind::kDown].w.data(), H, bias_rows(LinearKind::kDown, 0), xn);
   out(xn, H);
   if (c.sandwich_norms) norm(xn, N, H, w.post_ff_norm, xn);  // Gemma-3 post_feedforward_layernorm
   add_into_hidden(xn);
@@ -599,10 +604,12 @@ float* Model::moe_block(int l, const LayerWeights& w, const float* xn, int64_t n
     if (all) std::copy(xn, xn + n * H, xe);
     else gather(xn, H, rows, ne, xe);
     const ExpertWeights& ew = w.experts[e];
+    round_linear_input(xe, m, H);  // the router above read xn in float32
     if (hook) hook->on_expert_input(l, e, LinearKind::kGate, xe, n_seq, m, H);
-    linear(xe, m, H, ew.gate.w.data(), I, nullptr, ge);
-    linear(xe, m, H, ew.up.w.data(), I, nullptr, ue);
+    layer_linear(xe, m, H, ew.gate.w.data(), I, nullptr, ge);
+    layer_linear(xe, m, H, ew.up.w.data(), I, nullptr, ue);
     glu(ge, ue, m * I, c.act);
+    round_linear_input(ge, m, I);
     if (hook) hook->on_expert_input(l, e, LinearKind::kDown, ge, n_seq, m, I);
     if (!need_output || ne == 0) continue;
     const float* act = ge;
@@ -610,7 +617,7 @@ float* Model::moe_block(int l, const LayerWeights& w, const float* xn, int64_t n
       gather(ge, I, rows, ne, ue);
       act = ue;
     }
-    linear(act, ne, I, ew.down.w.data(), H, nullptr, ye);
+    layer_linear(act, ne, I, ew.down.w.data(), H, nullptr, ye);
     // out[row] += y * w (float32 product, then float32 add; rows of one expert are distinct).
     detail::par_for(static_cast<long>(ne), 2.0 * H, [&](long i) {
       float* o = out + rows[i] * H;
@@ -637,6 +644,23 @@ void Model::final_norm_logits(const float* hidden, int64_t T, float* logits) con
   linear(xn.data(), T, H, lm_head(), cfg_.vocab, nullptr, logits);
   round_to(dtype_, logits, T * cfg_.vocab);
   if (cfg_.final_softcap > 0) softcap(logits, T * cfg_.vocab, cfg_.final_softcap);
+}
+
+void Model::set_linear_compute(ComputeDtype d) {
+  if (d == ComputeDtype::kBF16) linalg::require_bf16_gemm("--compute bf16");
+  linear_dtype_ = d;
+}
+
+void Model::layer_linear(const float* x, int64_t rows, int64_t in, const float* W, int64_t out,
+                         const float* bias, float* y) const {
+  if (linear_dtype_ == ComputeDtype::kBF16) linear_bf16(x, rows, in, W, out, bias, y);
+  else linear(x, rows, in, W, out, bias, y);
+}
+
+void Model::round_linear_input(float* x, int64_t rows, int64_t cols) const {
+  if (linear_dtype_ != ComputeDtype::kBF16) return;
+  detail::par_for(static_cast<long>(rows), static_cast<double>(cols),
+                  [&](long r) { round_to(ComputeDtype::kBF16, x + r * cols, cols); });
 }
 
 void Model::set_compute_dtype(ComputeDtype d) {

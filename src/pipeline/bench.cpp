@@ -94,6 +94,7 @@ std::vector<BenchRun> run_bench(const BenchOptions& opt) {
   q.calib.samples = opt.samples;
   q.calib.seqlen = opt.seqlen;
   q.forward_last_layer = true;
+  q.calib_compute = opt.calib_compute;
   q.force = true;
 
   const auto cfg = model::ModelConfig::load(mdir);
@@ -200,13 +201,13 @@ std::string bench_text(const BenchOptions& opt, const std::vector<BenchRun>& run
   const auto& sh = opt.shape;
   std::snprintf(b, sizeof b,
                 "fp4q bench: one %s decoder layer (hidden %lld, intermediate %lld, heads %d/%d x %d), "
-                "%s %s, activations %s, calibration %lld x %lld tokens\n%s\n",
+                "%s %s, activations %s, calibration %lld x %lld tokens, Linear products %s\n%s\n",
                 sh.name.c_str(), static_cast<long long>(sh.hidden),
                 static_cast<long long>(sh.intermediate), sh.n_heads, sh.n_kv_heads, sh.head_dim,
                 format::spec(opt.format).name, method_name(opt.method),
                 opt.activations == exporter::Activations::kFp4 ? "fp4" : "none",
                 static_cast<long long>(opt.samples), static_cast<long long>(opt.seqlen),
-                linalg::blas_config());
+                compute_dtype_name(opt.calib_compute), linalg::blas_config());
   s += b;
   for (const auto& r : runs) {
     std::snprintf(b, sizeof b,

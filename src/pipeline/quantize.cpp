@@ -13,6 +13,7 @@
 #include "fp4q/exporter/exporter.h"
 #include "fp4q/exporter/layout.h"
 #include "fp4q/io/writer.h"
+#include "fp4q/linalg/bf16_gemm.h"
 #include "fp4q/pipeline/estimate.h"
 #include "fp4q/pipeline/hessian_file.h"
 #include "internal.h"
@@ -162,6 +163,11 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
                 "the fp-quant layouts cannot hold MoE experts (fp_quant converts nn.Linear modules; "
                 "transformers 5 stores experts as fused 3-D parameters)",
                 "--export", "use --export compressed-tensors (vLLM's fused-MoE loaders) or --export dequant");
+  if (opt.calib_compute == ComputeDtype::kBF16) {  // before any output exists
+    linalg::require_bf16_gemm("--compute bf16");
+    spdlog::info(calibrate ? "calibration Linear products in bf16 (inputs rounded to bf16, float32 accumulation)"
+                           : "--compute bf16 has no effect: this run has no calibration forward");
+  }
   if (hf && has_experts)
     throw Error(ErrorKind::kUsage, "Hessian files do not cover MoE experts (their Hessians come from routed tokens)",
                 "--hessians", "calibrate instead (--calib / --calib-ids), or use --method rtn");
@@ -213,7 +219,11 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
     }
   } else {
     // Sequential calibration: the inputs of layer l+1 are the outputs of the quantized layer l.
-    const auto model = model::Model::open(opt.model_dir);
+    const auto model = [&] {
+      auto m = model::Model::open(opt.model_dir);
+      m.set_linear_compute(opt.calib_compute);
+      return m;
+    }();
     const auto& cfg = model.config();
     const auto cs = calibration_set(opt.model_dir, cfg, opt.calib);
     const int64_t n = static_cast<int64_t>(cs.samples.size()), T = cs.seqlen;
@@ -338,7 +348,8 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
                           {"format", format::spec(s.format).name}, {"method", method_name(s.method)},
                           {"scales", format::scale_method_name(s.scales)}, {"hadamard", s.hadamard},
                           {"act_order", s.act_order ? "static" : "none"}, {"damp", s.damp},
-                          {"activations", w4a4 ? "fp4" : "none"}, {"seconds", result.seconds}};
+                          {"activations", w4a4 ? "fp4" : "none"}, {"compute", compute_dtype_name(opt.calib_compute)},
+                          {"seconds", result.seconds}};
     io::write_file_atomic(opt.report_path, report_json(result.records, run).dump(2) + "\n");
   }
   return result;

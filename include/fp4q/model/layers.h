@@ -30,6 +30,13 @@ void linear(const float* x, int64_t T, int64_t in, const float* W, int64_t out, 
             float* y);
 void linear_ref(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
                 const float* bias, float* y);
+// The same product with bf16 inputs (the `--compute bf16` calibration matmuls): y = bf16(x) ·
+// bf16(W)ᵀ with float32 accumulation in linalg::gemm_bf16_nt's fixed order (linalg/bf16_gemm.h:
+// RNE rounding of x and W, exact products, float32 sums, float32 output), then + bias in
+// float32. Needs AVX512_BF16 (Error(kUsage) naming the feature otherwise). Bits independent of
+// the thread count.
+void linear_bf16(const float* x, int64_t T, int64_t in, const float* W, int64_t out,
+                 const float* bias, float* y);
 
 // ---- RMSNorm --------------------------------------------------------------------------------
 // y[rows x n] = w[n] * x / sqrt(mean_j x[r, j]^2 + eps), per row. x and y may alias. x rows are

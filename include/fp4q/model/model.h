@@ -277,6 +277,24 @@ class Model {
   void set_compute_dtype(ComputeDtype d);
   ComputeDtype compute_dtype() const { return dtype_; }
 
+  // The arithmetic of the decoder layers' Linear products (the calibration matmuls of
+  // `fp4q quantize --compute bf16`; independent of set_compute_dtype, whose semantics it leaves
+  // alone). kF32 (default): linear(), float32 SGEMM — the reference path, bits unchanged.
+  // kBF16: as GPU quantizers run their calibration forward —
+  //   * every Linear input (the normed hidden states feeding q/k/v and gate/up, the attention
+  //     context feeding o_proj, the SwiGLU product feeding down_proj, and the same for MoE
+  //     experts) is rounded to bf16 (RNE) in place BEFORE the LinearHook sees it, so Hessians
+  //     (2/N·XᵀX, still accumulated in float32) and activation amax come from bf16-valued
+  //     activations, as GPTQModel / llm-compressor accumulate them from the model's bf16 tensors;
+  //   * the product runs on linear_bf16 (weights rounded to bf16 RNE, exact products, float32
+  //     accumulation in a fixed order, float32 output, bias added in float32);
+  //   * everything else stays float32: norms, RoPE, attention, activations, residual adds, MoE
+  //     routers (float32 product of the unrounded block input), lm_head.
+  // Bits do not depend on the thread count. Throws Error(kUsage) naming AVX512_BF16 when the
+  // CPU lacks it (linalg::require_bf16_gemm). Call before any forward pass.
+  void set_linear_compute(ComputeDtype d);
+  ComputeDtype linear_compute() const { return linear_dtype_; }
+
  private:
   Model();
   std::string dir_;
@@ -296,6 +314,12 @@ class Model {
   float* moe_block(int l, const LayerWeights& w, const float* xn, int64_t n_seq, int64_t N,
                    LinearHook* hook, ForwardScratch& ws, bool need_output) const;
   ComputeDtype dtype_ = ComputeDtype::kF32;
+  ComputeDtype linear_dtype_ = ComputeDtype::kF32;  // set_linear_compute
+  // One decoder-layer Linear product with the arithmetic of linear_dtype_ (linear / linear_bf16).
+  void layer_linear(const float* x, int64_t rows, int64_t in, const float* W, int64_t out,
+                    const float* bias, float* y) const;
+  // A Linear input as linear_dtype_ holds it: rounded to bf16 in place under kBF16, else untouched.
+  void round_linear_input(float* x, int64_t rows, int64_t cols) const;
   const float* lm_head() const { return lm_head_.empty() ? embed_.data() : lm_head_.data(); }
 };
 

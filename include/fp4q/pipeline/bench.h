@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "fp4q/core/compute_dtype.h"
 #include "fp4q/model/synthetic.h"
 #include "fp4q/pipeline/plan.h"
 
@@ -39,6 +40,7 @@ struct BenchOptions {
   exporter::Activations activations = exporter::Activations::kNone;
   std::string work_dir;             // where the synthetic model goes ("" = $TMPDIR or /tmp)
   int64_t project_samples = 128, project_seqlen = 2048;
+  ComputeDtype calib_compute = ComputeDtype::kF32;  // --compute (QuantizeOptions::calib_compute)
 };
 
 struct BenchRow {

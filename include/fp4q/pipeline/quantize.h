@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "fp4q/core/compute_dtype.h"
 #include "fp4q/exporter/quantized.h"
 #include "fp4q/pipeline/plan.h"
 #include "fp4q/pipeline/report.h"
@@ -56,6 +57,11 @@ struct QuantizeOptions {
   uint64_t max_shard_bytes = 5ull << 30;
   bool forward_last_layer = false; // also run the quantized forward of the last layer (bench)
   MoeOptions moe;                  // --moe-calib, --moe-min-tokens
+  // --compute: arithmetic of the calibration forward's Linear products (Hessian pass and the
+  // propagation through quantized layers): kF32 = float32 SGEMM (default, the reference);
+  // kBF16 = bf16 inputs, float32 accumulation (model::Model::set_linear_compute). Runs without
+  // a calibration forward (rtn without W4A4, --hessians) are unaffected.
+  ComputeDtype calib_compute = ComputeDtype::kF32;
 };
 
 // Wall-clock seconds of each phase of a run, summed over layers (for logs and `fp4q bench`).
