@@ -132,7 +132,7 @@ void add_quantize(CLI::App& app) {
     int hadamard = -1;
     double damp = 0.01;
     std::vector<std::string> ignore;
-    bool force = false, dry_run = false;
+    bool force = false, dry_run = false, resume = false;
     CalibArgs calib;
   };
   auto a = std::make_shared<Args>();
@@ -163,6 +163,10 @@ void add_quantize(CLI::App& app) {
                 "AVX512_BF16): inputs and weights rounded to bf16, float32 accumulation, Hessians from "
                 "the bf16 inputs, as GPU quantizers calibrate; f32 is the reference")->capture_default_str();
   c->add_flag("--force", a->force, "Replace OUT if it exists (atomically, at the end)");
+  c->add_flag("--resume", a->resume,
+              "Continue an interrupted calibrated run from the checkpoint in OUT.tmp-* (same settings and "
+              "input files, else refused naming the difference; none found: start over). The output is "
+              "byte-identical to an uninterrupted run's");
   c->add_flag("--dry-run", a->dry_run, "Print the plan (what is quantized, sizes), the planned peak memory and a time estimate, and stop");
   a->calib.add(c);
   actions()[c] = [a] {
@@ -177,6 +181,7 @@ void add_quantize(CLI::App& app) {
     o.calib = a->calib.get();
     o.hessians_path = a->hessians;
     o.force = a->force;
+    o.resume = a->resume;
     o.dry_run = a->dry_run;
     o.report_path = a->report;
     o.max_memory = a->max_memory.empty() ? 0 : parse_size(a->max_memory, "--max-memory");

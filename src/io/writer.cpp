@@ -424,7 +424,7 @@ void fsync_tree(const std::string& root) {
 }
 }  // namespace
 
-AtomicDir::AtomicDir(std::string final_path, bool overwrite)
+AtomicDir::AtomicDir(std::string final_path, bool overwrite, std::string adopt_tmp)
     : final_(strip_trailing_slashes(std::move(final_path))), overwrite_(overwrite) {
   const std::string base = fs::path(final_).filename().string();
   if (final_.empty() || base.empty() || base == "." || base == ".." || final_ == "/")
@@ -441,6 +441,14 @@ AtomicDir::AtomicDir(std::string final_path, bool overwrite)
   fs::create_directories(parent, ec);
   if (ec)
     throw Error(ErrorKind::kIo, "cannot create parent directory: " + ec.message(), parent);
+  if (!adopt_tmp.empty()) {
+    adopt_tmp = strip_trailing_slashes(std::move(adopt_tmp));
+    if (parent_dir(adopt_tmp) != parent || !fs::is_directory(adopt_tmp, ec) ||
+        fs::is_symlink(fs::symlink_status(adopt_tmp, ec)))
+      throw Error(ErrorKind::kInternal, "not a temporary directory next to the output", adopt_tmp);
+    tmp_ = adopt_tmp;
+    return;
+  }
   std::string tmpl = final_ + ".tmp-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
@@ -452,7 +460,7 @@ AtomicDir::AtomicDir(std::string final_path, bool overwrite)
 }
 
 AtomicDir::~AtomicDir() {
-  if (!committed_ && !tmp_.empty()) {
+  if (!committed_ && !kept_ && !tmp_.empty()) {
     std::error_code ec;
     fs::remove_all(tmp_, ec);
     if (ec) spdlog::warn("could not remove temporary directory {}: {}", tmp_, ec.message());

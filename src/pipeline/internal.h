@@ -89,6 +89,10 @@ class CalibActivations {
   void run(int l, const model::LayerWeights& w, model::LinearHook* hook, bool update);
   // Bytes held: X, the batch copy and the forward scratch.
   size_t bytes() const;
+  // X itself (samples() * seqlen() * hidden floats): saved to and restored from a checkpoint.
+  float* x() { return X_.data(); }
+  uint64_t x_count() const { return static_cast<uint64_t>(n_ * T_ * H_); }
+  int64_t hidden() const { return H_; }
 
  private:
   const model::Model& m_;

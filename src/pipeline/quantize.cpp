@@ -16,6 +16,7 @@
 #include "fp4q/linalg/bf16_gemm.h"
 #include "fp4q/pipeline/estimate.h"
 #include "fp4q/pipeline/hessian_file.h"
+#include "checkpoint.h"
 #include "internal.h"
 #include "moe_quant.h"
 
@@ -27,15 +28,25 @@ namespace {
 
 std::string weight_name(const LinearPlan& lp) { return lp.name + ".weight"; }
 
-// Streams results into the exporter and the report, one progress line per tensor.
+// Streams results into the exporter, the report and (when set) the checkpoint of the current
+// layer, one progress line per tensor (none for layers restored from a checkpoint).
 class Sink {
  public:
   Sink(exporter::Exporter& ex, const Plan& plan) : ex_(ex), total_(static_cast<int>(plan.linears.size())) {}
   void quantized(Solved&& s) {
     ex_.add_quantized(s.ql);
+    if (ck_) ck_->add(s.ql, s.rec);
     emit(std::move(s.rec));
   }
-  void kept(const LinearPlan& lp) { emit(kept_record(lp)); }
+  void restored(exporter::QuantizedLinear&& ql, TensorRecord&& rec) {
+    ex_.add_quantized(ql);
+    records_.push_back(std::move(rec));
+  }
+  void kept(const LinearPlan& lp, bool quiet = false) {
+    if (quiet) records_.push_back(kept_record(lp));
+    else emit(kept_record(lp));
+  }
+  void set_checkpoint(Checkpoint* ck) { ck_ = ck; }
   std::vector<TensorRecord>& records() { return records_; }
 
  private:
@@ -46,6 +57,7 @@ class Sink {
   exporter::Exporter& ex_;
   int total_;
   std::vector<TensorRecord> records_;
+  Checkpoint* ck_ = nullptr;
 };
 
 // Passes through every tensor that is not a quantized Linear weight and whose name starts with
@@ -72,6 +84,43 @@ class Passthrough {
 };
 
 std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
+
+// Looks for checkpoints of this output next to it (checkpoint.h). Returns the temporary
+// directory to resume from ("" = start a new one). Without --resume every checkpoint found is
+// left in place with a hint. With --resume and no compatible one, *refusal is set to the error
+// to raise once OUT itself has been checked (a finished OUT is reported first).
+std::string select_checkpoint(const QuantizeOptions& opt, const nlohmann::json& settings,
+                              const nlohmann::json& inputs, std::unique_ptr<Error>* refusal) {
+  const auto found = find_checkpoints(opt.out_dir, settings, inputs);
+  const FoundCheckpoint* best = nullptr;
+  for (const auto& f : found)
+    if (f.mismatch.empty() && !f.busy && (!best || f.next_layer > best->next_layer)) best = &f;
+  if (!opt.resume) {
+    for (const auto& f : found)
+      spdlog::warn("{} holds a checkpoint of this output ({} of {} layers done, {}){}; left in place: {}", f.tmp_dir,
+                   f.next_layer, f.num_layers, human_bytes(static_cast<int64_t>(f.bytes)),
+                   f.busy ? "; another fp4q process is using it" : f.mismatch.empty() ? "" : "; " + f.mismatch,
+                   f.mismatch.empty() && !f.busy ? "rerun with --resume to continue from it, or delete it"
+                                                 : "delete it when it is no longer needed");
+    return {};
+  }
+  if (best) return best->tmp_dir;
+  if (found.empty()) {
+    spdlog::warn("--resume: no checkpoint of {} found (no {}.tmp-*/{}/manifest.json); starting from layer 1",
+                 opt.out_dir, opt.out_dir, kCheckpointDir);
+    return {};
+  }
+  const FoundCheckpoint& f = found.front();
+  *refusal = std::make_unique<Error>(
+      ErrorKind::kUsage,
+      f.busy ? "cannot resume: another fp4q process is using the checkpoint"
+             : "cannot resume: the checkpoint does not match this run: " + f.mismatch,
+      f.tmp_dir,
+      f.busy ? "wait for that run to finish"
+             : "rerun with the settings and input files the checkpoint was made with, or without --resume "
+               "to start over (then delete " + f.tmp_dir + ")");
+  return {};
+}
 
 }  // namespace
 
@@ -172,7 +221,53 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
     throw Error(ErrorKind::kUsage, "Hessian files do not cover MoE experts (their Hessians come from routed tokens)",
                 "--hessians", "calibrate instead (--calib / --calib-ids), or use --method rtn");
 
-  io::AtomicDir out(opt.out_dir, opt.force);  // fails now, before any work, if OUT exists
+  // Resumable runs: the calibrated ones (checkpoint.h). A model of one layer has nothing to resume.
+  const bool checkpointed = calibrate && plan.num_layers > 1;
+  nlohmann::json ck_settings, ck_inputs;
+  std::string adopt;
+  std::unique_ptr<Error> refusal;
+  if (checkpointed) {
+    ck_settings = settings_fingerprint(opt, true);
+    ck_inputs = input_fingerprint(opt.model_dir);
+    adopt = select_checkpoint(opt, ck_settings, ck_inputs, &refusal);
+  } else if (opt.resume) {
+    spdlog::warn("--resume: {} runs are not checkpointed (no calibration forward to save); starting from the beginning",
+                 calibrate ? "single-layer" : "data-free");
+  }
+  io::AtomicDir out(opt.out_dir, opt.force, adopt);  // fails now, before any work, if OUT exists
+  if (refusal) throw *refusal;
+  std::unique_ptr<Checkpoint> ck;
+  bool resumed = false;
+  // On failure: keep a temporary directory holding a valid checkpoint when resuming can help
+  // (I/O errors such as a full disk, unexpected exceptions) and the input files are unchanged;
+  // never remove a directory adopted for resuming before it was taken over.
+  auto on_failure = [&](bool resumable_error) {
+    if (!adopt.empty() && !resumed) {
+      out.keep();
+      return;
+    }
+    if (!ck || !ck->valid() || !resumable_error) return;
+    bool same_inputs = false;
+    try {
+      same_inputs = input_fingerprint(opt.model_dir) == ck_inputs;
+    } catch (...) {
+    }
+    if (!same_inputs) {
+      spdlog::warn("the input files changed during the run: the checkpoint in {} is removed", out.path());
+      return;
+    }
+    out.keep();
+    spdlog::warn("kept {} with a checkpoint after layer {} of {} ({}): rerun the same command with --resume to "
+                 "continue at layer {} (or delete it)",
+                 out.path(), ck->next_layer(), plan.num_layers, human_bytes(static_cast<int64_t>(ck->bytes_on_disk())),
+                 ck->next_layer() + 1);
+  };
+  try {  // the rest of the run (not indented); on_failure above decides about the temp directory
+  if (checkpointed) {
+    ck = std::make_unique<Checkpoint>(out.path(), ck_settings, ck_inputs, plan.num_layers);
+    if (!adopt.empty()) ck->resume();
+    resumed = true;
+  }
   exporter::QuantizedModelInfo info;
   info.format = s.format;
   info.hadamard = s.hadamard;
@@ -235,8 +330,31 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       planned_peak = est.peak;
     }
     CalibActivations acts(model, cs);
-    for (int l = 0; l < plan.num_layers; ++l) {
+    int start = 0;
+    if (ck && ck->valid()) {
+      // Resumed: re-feed the exporter with the checkpointed layers in their original order
+      // (quantized Linears, kept records, the layer's passthrough tensors), then load X.
+      const auto tr = Clock::now();
+      start = ck->next_layer();
+      for (int l = 0; l < start; ++l) {
+        ck->replay_layer(l, [&](exporter::QuantizedLinear&& ql, TensorRecord&& rec) {
+          sink.restored(std::move(ql), std::move(rec));
+        });
+        for (const auto& lp : plan.linears)
+          if (lp.layer == l && !lp.quantize) sink.kept(lp, /*quiet=*/true);
+        pass.flush(layer_prefix(l));
+      }
+      ck->load_activations(acts.x(), acts.x_count(), n, T, acts.hidden());
+      ph.export_ += since(tr);
+      spdlog::info("layers 1-{} restored ({} tensors) in {:.2f} s; continuing at layer {}", start,
+                   sink.records().size(), since(tr), start + 1);
+    }
+    for (int l = start; l < plan.num_layers; ++l) {
       const auto tl = Clock::now();
+      // Checkpoint after every layer but the last (X is not needed after it).
+      Checkpoint* lck = ck && l + 1 < plan.num_layers ? ck.get() : nullptr;
+      if (lck) lck->begin_layer(l);
+      sink.set_checkpoint(lck);
       model::LayerWeights w = model.load_layer(l);
       // 1) Hessian pass with full-precision weights (inputs of each Linear captured; the layer's
       //    output is not needed, so down_proj is not computed).
@@ -249,6 +367,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
           cap.acc[g] = std::make_unique<gptq::HessianAccumulator>(m.front()->in, m.front()->name);
       }
       acts.run(l, w, &cap, /*update=*/false);
+      test_kill_point("hessian", l);
       const double t_hess = since(tl);
       ph.hessian += cap.seconds_hessian;
       ph.act_amax += cap.seconds_amax;
@@ -290,6 +409,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
           sink.quantized(std::move(sv));
           ph.export_ += since(te);
         }
+        test_kill_point("solve", l);
       }
       if (plan.num_experts(l) > 0) {  // MoE experts (moe_quant.h)
         const ExpertSolveStats est = solve_layer_experts(
@@ -317,15 +437,20 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
         ph.act_quant += th.seconds;
         ph.quant_forward += since(tf) - th.seconds;
       }
+      sink.set_checkpoint(nullptr);
+      if (lck) lck->commit_layer(l, acts.x(), acts.x_count(), n, T, acts.hidden());
       spdlog::info("layer {}/{}: {} samples, damp {}, mean h_err {:.3e}, Hessian pass {:.2f} s, layer {:.2f} s, ETA {:.0f} s",
                    l + 1, plan.num_layers, n, damp_max, herr_n ? herr_sum / herr_n : 0.0, t_hess, since(tl),
-                   since(t0) / (l + 1) * (plan.num_layers - l - 1));
+                   since(t0) / (l + 1 - start) * (plan.num_layers - l - 1));
     }
   }
   {
     const auto te = Clock::now();
     pass.flush("");
+    test_kill_point("export");
     ex.finish();
+    test_kill_point("commit");
+    if (ck) ck->remove();  // not part of the output
     out.commit();
     ph.export_ += since(te);
   }
@@ -353,6 +478,13 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
     io::write_file_atomic(opt.report_path, report_json(result.records, run).dump(2) + "\n");
   }
   return result;
+  } catch (const Error& e) {
+    on_failure(e.kind() == ErrorKind::kIo);
+    throw;
+  } catch (const std::exception&) {
+    on_failure(true);
+    throw;
+  }
 }
 
 }  // namespace fp4q::pipeline

@@ -25,7 +25,10 @@
 // directory or any non-directory is refused in the constructor (Error(kUsage), before any work);
 // with overwrite it is replaced only inside commit() (rename aside to "<final>.old-XXXXXX",
 // rename temp into place, then remove the old one). Without commit() the destructor removes the
-// temp directory, so a half-written output never appears at <final>.
+// temp directory, so a half-written output never appears at <final> — unless keep() was called
+// (a resumable quantization keeps a temp directory that holds a checkpoint, see
+// pipeline/quantize.h). `adopt_tmp` (non-empty): use that existing "<final>.tmp-*" directory
+// instead of creating a new one (resuming); it must be a directory in the same parent.
 #pragma once
 
 #include <cstdint>
@@ -114,7 +117,7 @@ class ShardedWriter {
 
 class AtomicDir {
  public:
-  AtomicDir(std::string final_path, bool overwrite);
+  AtomicDir(std::string final_path, bool overwrite, std::string adopt_tmp = {});
   AtomicDir(const AtomicDir&) = delete;
   AtomicDir& operator=(const AtomicDir&) = delete;
   ~AtomicDir();  // removes the temp dir unless committed; never throws
@@ -123,11 +126,13 @@ class AtomicDir {
   const std::string& final_path() const { return final_; }
   void commit();  // Error(kIo) on failure (the temp dir is then still removed by the destructor)
   bool committed() const { return committed_; }
+  void keep() { kept_ = true; }  // the destructor leaves the temp directory in place
 
  private:
   std::string final_, tmp_;
   bool overwrite_;
   bool committed_ = false;
+  bool kept_ = false;
 };
 
 // Writes `content` to `path` atomically: temp file in the same directory, write, fsync,

@@ -57,12 +57,29 @@ struct QuantizeOptions {
   uint64_t max_shard_bytes = 5ull << 30;
   bool forward_last_layer = false; // also run the quantized forward of the last layer (bench)
   MoeOptions moe;                  // --moe-calib, --moe-min-tokens
+  // --resume: continue from the checkpoint of an interrupted run in "<out_dir>.tmp-*" (same
+  // settings and input files, else Error(kUsage) naming the first difference; none found: a
+  // warning and a fresh start). See "Resuming" below.
+  bool resume = false;
   // --compute: arithmetic of the calibration forward's Linear products (Hessian pass and the
   // propagation through quantized layers): kF32 = float32 SGEMM (default, the reference);
   // kBF16 = bf16 inputs, float32 accumulation (model::Model::set_linear_compute). Runs without
   // a calibration forward (rtn without W4A4, --hessians) are unaffected.
   ComputeDtype calib_compute = ComputeDtype::kF32;
 };
+
+// Resuming (calibrated runs: GPTQ / MR-GPTQ with calibration, or W4A4 NVFP4): after each decoder
+// layer but the last, the run stores a checkpoint in its temporary directory
+// "<out_dir>.tmp-XXXXXX/.fp4q-resume" (the calibration activations at the next layer's input and
+// the quantized Linears so far; layout, fingerprints and crash consistency:
+// src/pipeline/checkpoint.h, docs/FORMAT.md §15). A run that fails with an I/O error (disk full,
+// file-size limit) or an unexpected exception after a checkpoint keeps that directory and says
+// so (when its input files are unchanged); any other failure removes it as before. A SIGKILLed
+// run leaves it behind. With resume the run re-feeds the exporter from the checkpoint and
+// continues at the next layer: the output is byte-identical to an uninterrupted run's. Without
+// resume a checkpoint found next to OUT is left in place with a hint. Data-free runs (rtn,
+// --hessians) are not checkpointed. A finished OUT is never written to (as without resume, it is
+// refused unless force).
 
 // Wall-clock seconds of each phase of a run, summed over layers (for logs and `fp4q bench`).
 struct PhaseTimes {
