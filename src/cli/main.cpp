@@ -4,6 +4,10 @@
 // Logs go to stderr; machine-readable output (inspect --json, report, formats) to stdout.
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <unistd.h>
 #include <exception>
 
 #include <CLI/CLI.hpp>
@@ -13,8 +17,28 @@
 #include "fp4q/core/error.h"
 #include "fp4q/core/log.h"
 #include "fp4q/core/parallel.h"
+#include "fp4q/linalg/blas.h"
 
 int main(int argc, char** argv) {
+  // OpenBLAS picks its kernels when the library loads, before main(); an old OpenBLAS that does not
+  // know this CPU falls back to SSE3 kernels 10x below what the CPU can do (blas.h). Then restart
+  // once with OPENBLAS_CORETYPE naming the right kernels; the user's own OPENBLAS_CORETYPE (or
+  // FP4Q_KEEP_BLAS_CORE=1) keeps the library's choice.
+  std::string blas_note;
+  if (std::getenv("FP4Q_KEEP_BLAS_CORE") == nullptr) {
+    if (const char* from = std::getenv("FP4Q_BLAS_CORE_WAS")) {
+      blas_note = std::string("OpenBLAS picked its ") + from + " kernels for this CPU; running with OPENBLAS_CORETYPE=" +
+                  fp4q::linalg::openblas_core_name() +
+                  " (set OPENBLAS_CORETYPE or FP4Q_KEEP_BLAS_CORE=1 to choose yourself)";
+      unsetenv("FP4Q_BLAS_CORE_WAS");
+    } else if (const std::string core = fp4q::linalg::openblas_core_upgrade(); !core.empty()) {
+      setenv("FP4Q_BLAS_CORE_WAS", fp4q::linalg::openblas_core_name().c_str(), 1);
+      setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+      execv("/proc/self/exe", argv);
+      unsetenv("FP4Q_BLAS_CORE_WAS");  // exec failed: carry on with the slow kernels
+      unsetenv("OPENBLAS_CORETYPE");
+    }
+  }
   CLI::App app{
       "fp4q " FP4Q_VERSION " — MR-GPTQ post-training quantization of Hugging Face LLMs to NVFP4 / MXFP4.\n"
       "Reads a model directory (config.json + safetensors), writes packed FP4 weights that vLLM and\n"
@@ -49,6 +73,7 @@ int main(int argc, char** argv) {
   }
   try {
     fp4q::init_logging(verbosity);
+    if (!blas_note.empty()) spdlog::info("{}", blas_note);
     fp4q::set_num_threads(threads);
     fp4q::cli::run_selected(app);
     return 0;

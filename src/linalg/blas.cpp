@@ -3,6 +3,9 @@
 #include "fp4q/linalg/blas.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <initializer_list>
 #include <climits>
 #include <utility>
 #include <string>
@@ -101,6 +104,41 @@ const char* blas_config() {
   static const std::string s =
       std::string(openblas_get_config()) + " (core " + openblas_get_corename() + ")";
   return s.c_str();
+}
+
+std::string better_openblas_core(const std::string& picked, bool avx2_fma, bool avx512,
+                                 bool avx512_bf16) {
+  std::string p = picked;
+  std::transform(p.begin(), p.end(), p.begin(), [](unsigned char c) { return std::tolower(c); });
+  const auto is = [&](std::initializer_list<const char*> names) {
+    return std::any_of(names.begin(), names.end(), [&](const char* n) { return p == n; });
+  };
+  // Cores whose SGEMM uses AVX-512 / AVX2+FMA (OpenBLAS's names, lower case).
+  const bool picked_avx512 = is({"skylakex", "cooperlake", "sapphirerapids"});
+  const bool picked_avx2 = picked_avx512 || is({"haswell", "zen", "skylakex"});
+  if (avx512 && !picked_avx512) return avx512_bf16 ? "Cooperlake" : "SkylakeX";
+  if (avx2_fma && !picked_avx2) return "Haswell";
+  return "";
+}
+
+std::string openblas_core_name() { return openblas_get_corename(); }
+
+std::string openblas_core_upgrade() {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return "";
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  const bool avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vl");
+  bool bf16 = false;
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+  bf16 = __builtin_cpu_supports("avx512bf16");
+#endif
+  return better_openblas_core(openblas_get_corename(), avx2_fma, avx512, bf16);
+#else
+  return "";
+#endif
 }
 
 }  // namespace fp4q::linalg

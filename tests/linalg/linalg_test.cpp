@@ -206,3 +206,25 @@ TEST(Threads, Level3AndFactorisationBitIdenticalFor1And2Threads) {
   }
   for (int k = 0; k < 4; ++k) EXPECT_TRUE(r[0][k] == r[1][k]) << "result " << k;
 }
+
+// better_openblas_core: every (picked core, CPU features) case against the rule written out.
+TEST(OpenBlasCore, UpgradesOnlyWeakerPicks) {
+  using fp4q::linalg::better_openblas_core;
+  // Emerald Rapids under OpenBLAS 0.3.21 (measured on the GPU machine): Prescott -> Cooperlake.
+  EXPECT_EQ(better_openblas_core("Prescott", true, true, true), "Cooperlake");
+  EXPECT_EQ(better_openblas_core("prescott", true, true, false), "SkylakeX");
+  EXPECT_EQ(better_openblas_core("Haswell", true, true, true), "Cooperlake");
+  EXPECT_EQ(better_openblas_core("Sandybridge", true, false, false), "Haswell");
+  EXPECT_EQ(better_openblas_core("Core2", false, false, false), "");
+  for (const char* ok : {"SkylakeX", "Cooperlake", "SapphireRapids", "COOPERLAKE"})
+    EXPECT_EQ(better_openblas_core(ok, true, true, true), "") << ok;
+  for (const char* ok : {"Haswell", "Zen", "SkylakeX"})
+    EXPECT_EQ(better_openblas_core(ok, true, false, false), "") << ok;
+}
+
+// This machine: whatever OpenBLAS picked, after fp4q's fix-up the core is not weaker than the
+// CPU's AVX2/AVX-512 support (the fix-up itself needs a re-exec, so check the rule's verdict on
+// the library's pick only when OPENBLAS_CORETYPE was not forced by the environment).
+TEST(OpenBlasCore, NameIsKnown) {
+  EXPECT_FALSE(fp4q::linalg::openblas_core_name().empty());
+}

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace fp4q::linalg {
 
@@ -50,5 +51,23 @@ void mirror_lower_to_upper(float* a, int64_t n, int64_t lda);
 // Returns OpenBLAS's configuration string and core name, e.g. "OpenBLAS 0.3.21 ... Haswell"
 // (for benchmark logs).
 const char* blas_config();
+
+/// The OpenBLAS core (OPENBLAS_CORETYPE value) fp4q should run with instead of the one OpenBLAS's
+/// run-time dispatch (DYNAMIC_ARCH) picked, or "" when the pick uses what the CPU offers.
+/// Old OpenBLAS releases do not know newer CPUs and fall back to their oldest kernels: Debian 12's
+/// 0.3.21 runs Intel family 6 model 207 (Emerald Rapids, AVX-512 + AMX) with its SSE3 "Prescott"
+/// kernels, 10x below the AVX-512 ones (measured: 15 vs ~150 GFLOP/s SGEMM on one core).
+/// `picked` is openblas_get_corename(); the flags say what the CPU supports:
+/// avx512 = AVX-512 F/CD/BW/DQ/VL (SkylakeX kernels), avx512_bf16 adds Cooperlake's bf16,
+/// avx2_fma = AVX2 + FMA3 (Haswell kernels). Comparison is case-insensitive.
+std::string better_openblas_core(const std::string& picked, bool avx2_fma, bool avx512,
+                                 bool avx512_bf16);
+
+/// better_openblas_core() for this process: the loaded OpenBLAS's pick and this CPU's flags;
+/// "" when OPENBLAS_CORETYPE is already set (the user's choice stands).
+std::string openblas_core_upgrade();
+
+/// openblas_get_corename() of the loaded library.
+std::string openblas_core_name();
 
 }  // namespace fp4q::linalg
