@@ -30,6 +30,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -74,6 +75,9 @@ double quantize_eval(const TempDir& tmp, int seed, const std::string& compute) {
 
 TEST(ComputeBf16, PerplexityWithinCalibrationSeedBand) {
   if (!fp4q::linalg::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU lacks AVX512_BF16 (no avx512_bf16 flag)";
+  // The machine may be shared: OpenMP threads that spin-wait on a busy core make the small runs
+  // several times slower (README "Speed"); the bits do not depend on it.
+  setenv("OMP_WAIT_POLICY", "passive", 1);
   TempDir tmp;
   {  // the first 120 kB of the bundled WikiText-2 test text hold the 32 windows (no need to
      // tokenise all 1.3 MB per evaluation)
