@@ -659,6 +659,27 @@ void Checkpoint::remove() {
   next_layer_ = 0;
 }
 
+std::string resume_command() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  const std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (all.empty()) return "the same command with --resume";
+  std::string cmd;
+  bool has_resume = false;
+  for (size_t p = 0; p < all.size();) {
+    size_t e = all.find('\0', p);
+    if (e == std::string::npos) e = all.size();
+    const std::string a = all.substr(p, e - p);
+    p = e + 1;
+    has_resume = has_resume || a == "--resume";
+    const bool plain = !a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                         "0123456789-_./=:,+@%") == std::string::npos;
+    std::string q = "'";
+    for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    cmd += (cmd.empty() ? "" : " ") + (plain ? a : q + "'");
+  }
+  return has_resume ? cmd : cmd + " --resume";
+}
+
 void test_kill_point(const char* point, int layer) {
   static const std::string spec = [] {
     const char* e = std::getenv("FP4Q_TEST_KILL_AT");

@@ -137,6 +137,10 @@ class Checkpoint {
   nlohmann::json cur_items_;
 };
 
+// This process's command line (/proc/self/cmdline, shell-quoted) with --resume appended when
+// absent: what to run to continue; a generic sentence where the command line is unavailable.
+std::string resume_command();
+
 // Test hook: FP4Q_TEST_KILL_AT="<point>[:<layer>]" makes the process raise SIGKILL when it
 // reaches that point (points: hessian (after layer l's Hessian pass), solve (after the first
 // solved group of layer l), checkpoint (layer l's files written, manifest not yet), export

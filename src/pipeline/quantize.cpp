@@ -100,7 +100,7 @@ std::string select_checkpoint(const QuantizeOptions& opt, const nlohmann::json& 
       spdlog::warn("{} holds a checkpoint of this output ({} of {} layers done, {}){}; left in place: {}", f.tmp_dir,
                    f.next_layer, f.num_layers, human_bytes(static_cast<int64_t>(f.bytes)),
                    f.busy ? "; another fp4q process is using it" : f.mismatch.empty() ? "" : "; " + f.mismatch,
-                   f.mismatch.empty() && !f.busy ? "rerun with --resume to continue from it, or delete it"
+                   f.mismatch.empty() && !f.busy ? "to continue from it, rerun with --resume (or delete it):\n  " + resume_command()
                                                  : "delete it when it is no longer needed");
     return {};
   }
@@ -258,9 +258,9 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
     }
     out.keep();
     spdlog::warn("kept {} with a checkpoint after layer {} of {} ({}): rerun the same command with --resume to "
-                 "continue at layer {} (or delete it)",
+                 "continue at layer {} (or delete it):\n  {}",
                  out.path(), ck->next_layer(), plan.num_layers, human_bytes(static_cast<int64_t>(ck->bytes_on_disk())),
-                 ck->next_layer() + 1);
+                 ck->next_layer() + 1, resume_command());
   };
   try {  // the rest of the run (not indented); on_failure above decides about the temp directory
   if (checkpointed) {

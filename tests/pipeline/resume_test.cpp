@@ -141,35 +141,49 @@ void reference(const std::string& dir, const std::string& opts) {
   ASSERT_EQ(r.code, 0) << r.log;
 }
 
+// The uninterrupted run with kCalib (made once, shared by the tests).
+const std::string& default_reference() {
+  static fp4q_test::TempDir dir;
+  static bool made = false;
+  if (!made) {
+    reference(dir.path(), kCalib);
+    made = true;
+  }
+  return dir.path();
+}
+
 }  // namespace
 
-// MR-GPTQ NVFP4 (weight-only): one kill per point, each resumed to the end.
-TEST(Resume, KilledAtEachPointIsByteIdentical) {
-  const std::string opts = kCalib;
-  fp4q_test::TempDir ref;
-  reference(ref.path(), opts);
-  for (const char* point : {"hessian:1", "solve:2", "checkpoint:1", "export", "commit"}) {
+// MR-GPTQ NVFP4 (weight-only), one run killed at every point in turn: after layer 1's Hessian
+// pass, after a solved group of layer 2, between layer 3's checkpoint files and its manifest,
+// before the exporter finishes, after it finished but before the rename; each kill but the first
+// hits a resumed run. Then the last resume finishes.
+TEST(Resume, KilledAtEveryPointInTurnIsByteIdentical) {
+  fp4q_test::TempDir t;
+  kill_and_resume(t.path(), kCalib, {"hessian:1", "solve:2", "checkpoint:3", "export", "commit"},
+                  default_reference());
+}
+
+// A fresh run killed once (mid-layer; after the output is complete but not renamed).
+TEST(Resume, KilledOnceIsByteIdentical) {
+  for (const char* point : {"solve:1", "commit"}) {
     SCOPED_TRACE(point);
     fp4q_test::TempDir t;
-    kill_and_resume(t.path(), opts, {point}, ref.path());
+    kill_and_resume(t.path(), kCalib, {point}, default_reference());
   }
 }
 
-// Several kills of one run in a row (each resume killed later on), and a kill before the first
-// checkpoint (nothing to resume: --resume starts over in the same directory's place).
-TEST(Resume, RepeatedKillsAreByteIdentical) {
-  const std::string opts = kCalib;
-  fp4q_test::TempDir ref;
-  reference(ref.path(), opts);
+// Killed before the first checkpoint: nothing to resume; --resume says so, removes the dead
+// run's directory and starts over.
+TEST(Resume, KilledBeforeFirstCheckpointStartsOver) {
   fp4q_test::TempDir t;
-  kill_and_resume(t.path(), opts, {"solve:1", "hessian:3", "checkpoint:3", "export"}, ref.path());
-  fp4q_test::TempDir t2;
-  const Result k = fp4q("quantize " + kModel + " " + t2.path() + "/out " + opts, "hessian:0");
+  const Result k = fp4q("quantize " + kModel + " " + t.path() + "/out" + kCalib, "hessian:0");
   EXPECT_EQ(k.code, 128 + SIGKILL) << k.log;
-  const Result r = fp4q("quantize " + kModel + " " + t2.path() + "/out " + opts + " --resume");
+  const Result r = fp4q("quantize " + kModel + " " + t.path() + "/out" + kCalib + " --resume");
   ASSERT_EQ(r.code, 0) << r.log;
-  EXPECT_NE(r.log.find("no checkpoint of " + t2.path() + "/out found"), std::string::npos) << r.log;
-  expect_same_tree(ref.path() + "/out", t2.path() + "/out");
+  EXPECT_NE(r.log.find("no checkpoint of " + t.path() + "/out found"), std::string::npos) << r.log;
+  EXPECT_TRUE(tmp_dirs(t.path(), "out").empty());
+  expect_same_tree(default_reference() + "/out", t.path() + "/out");
 }
 
 // W4A4 (static activation scales from calibration) with MXFP4 and NVFP4, GPTQ and MR-GPTQ,
@@ -182,7 +196,7 @@ TEST(Resume, W4A4IsByteIdentical) {
     reference(ref.path(), opts);
     fp4q_test::TempDir t;
     if (opts.find("mxfp4") != std::string::npos) kill_and_resume(t.path(), opts, {"solve:2"}, ref.path());
-    else kill_and_resume(t.path(), opts, {"checkpoint:0", "hessian:2", "export"}, ref.path());
+    else kill_and_resume(t.path(), opts, {"checkpoint:0", "export"}, ref.path());
   }
 }
 
@@ -285,8 +299,6 @@ TEST(Resume, FinishedOutputUntouched) {
 // the file, no OUT, the temporary directory kept and said so; the resumed run (limit lifted) is
 // byte-identical. Before any checkpoint (limit below the activations file) nothing is kept.
 TEST(Resume, IoFailureKeepsCheckpoint) {
-  fp4q_test::TempDir ref;
-  reference(ref.path(), kCalib);
   fp4q_test::TempDir t;
   const std::string out = t.path() + "/out";
   Result r = fp4q("quantize " + kModel + " " + out + kCalib, "", 200);
@@ -299,7 +311,7 @@ TEST(Resume, IoFailureKeepsCheckpoint) {
   ASSERT_EQ(tmp_dirs(t.path(), "out").size(), 1u);
   r = fp4q("quantize " + kModel + " " + out + kCalib + " --resume");
   ASSERT_EQ(r.code, 0) << r.log;
-  expect_same_tree(ref.path() + "/out", out);
+  expect_same_tree(default_reference() + "/out", out);
   EXPECT_TRUE(tmp_dirs(t.path(), "out").empty());
 
   fp4q_test::TempDir t2;
