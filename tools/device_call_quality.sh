@@ -4,8 +4,8 @@
 #
 #   bash tools/device_call_quality.sh "$OUT"
 #
-# carry: .device/run (fp4q-bin.tar.xz from `tools/device_bundle.sh`, train-corpus.tar.xz and
-#        tinyshakespeare.txt), .device/consumers (tools/make_consumer_exports.sh),
+# carry: .device/run (fp4q-bin.tar.xz from `tools/device_bundle.sh`, tinyshakespeare.txt), .device/train-corpus.tar.xz,
+#        .device/consumers (tools/make_consumer_exports.sh),
 #        .ref/FP-Quant (tools/get_fpquant.sh), .ref/fp_quant-inference_lib (FP-Quant's inference_lib/),
 #        .ref/compressed-tensors (its src/)
 #
@@ -43,7 +43,7 @@ export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib FP4Q=/tmp/fp4q-bin/fp4q
   echo "rc=$?" >> "$log/consumers.out" ) &
 
 # 3. the evaluation model
-mkdir -p .device/train-corpus && tar -xJf .device/run/train-corpus.tar.xz -C .device/train-corpus
+mkdir -p .device/train-corpus && tar -xJf .device/train-corpus.tar.xz -C .device/train-corpus
 timeout 260 python3 tools/train_eval_model.py --corpus .device/train-corpus --out "$out" \
   --time-budget "${TRAIN_BUDGET:-110}" > "$log/train.log" 2>&1
 el "train rc=$?"

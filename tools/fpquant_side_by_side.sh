@@ -134,6 +134,7 @@ PY
 fpquant)
   [ $# -eq 4 ] || usage
   model="$1"; work="$2"; fpq="$3"; outdir="$4"; mkdir -p "$outdir"
+  : > "$outdir/fpquant.jsonl"; : > "$outdir/fpquant.log"
   [ -f "$fpq/model_quant.py" ] || { echo "no model_quant.py in $fpq (pass an FP-Quant checkout)" >&2; exit 2; }
   tmp="$(mktemp -d)"
   n="$("$py" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["n"] if isinstance(c,dict) else len(c))' "$work/calib.json")"
@@ -161,13 +162,15 @@ fpquant)
     "$py" "$here/tools/fpquant_shim.py" --fpquant "$fpq" --calib-windows "$work/calib.json" $evals \
       --eval-seqlen "$eval_seqlen" --results "$tmp/$cell.jsonl" --tag "$cell" -- $args > "$tmp/$cell.log" 2>&1 \
       && echo "fpquant $cell ok" >&2 || echo "fpquant $cell FAILED (see fpquant.log)" >&2
+    # Each finished cell lands in OUTDIR at once (a time limit that cuts the run keeps the rest).
+    { flock 9; cat "$tmp/$cell.jsonl" >> "$outdir/fpquant.jsonl" 2>/dev/null
+      { echo "==== $cell"; tail -n 200 "$tmp/$cell.log"; } >> "$outdir/fpquant.log"; } 9> "$outdir/.lock"
   }
-  export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals
+  export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals outdir
   cells="unquantized ${CELLS:-$(all_cells fpquant)}"
   start=$(date +%s)
   printf '%s\n' $cells | xargs -P "$jobs" -I{} bash -c 'run_cell {}'
-  cat "$tmp"/*.jsonl > "$outdir/fpquant.jsonl" 2>/dev/null || true
-  for f in "$tmp"/*.log; do echo "==== $(basename "$f" .log)"; tail -n 200 "$f"; done > "$outdir/fpquant.log"
+  rm -f "$outdir/.lock"
   echo "fpquant: $(wc -l < "$outdir/fpquant.jsonl") cells in $(( $(date +%s) - start )) s -> $outdir" >&2
   rm -rf "$tmp"
   ;;

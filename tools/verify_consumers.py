@@ -381,7 +381,14 @@ def install_shims(log):
         pd.json_schema = js
         core = types.ModuleType("pydantic_core")
         cs = types.ModuleType("pydantic_core.core_schema")
-        cs.__getattr__ = lambda name: (lambda *a, **k: None)
+        def _cs_getattr(name):
+            # Dunder lookups (inspect's __file__, copy's __reduce__, ...) must fail as on a real
+            # module: a function returned for __file__ broke torch.library's source lookup (and
+            # with it every later transformers import) on the GPU machine.
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return lambda *a, **k: None
+        cs.__getattr__ = _cs_getattr
         cs.CoreSchema = dict
         core.core_schema = cs
         sys.modules.update({"pydantic": pd, "pydantic.json_schema": js, "pydantic_core": core,
@@ -528,6 +535,9 @@ def main(argv=None):
     log = Log(a.log)
     import torch
     import transformers
+    # transformers imports lazily; load the modules used here (and torchvision through them) now,
+    # before compressed-tensors' stand-ins for missing packages enter sys.modules.
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel  # noqa: F401
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
