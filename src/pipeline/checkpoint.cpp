@@ -646,6 +646,19 @@ void Checkpoint::load_activations(float* x, uint64_t count, int64_t samples, int
                since(t0));
 }
 
+void Checkpoint::drop_partial() {
+  if (cur_fd_ >= 0) {
+    ::close(cur_fd_);
+    cur_fd_ = -1;
+    ::unlink(cur_tmp_.c_str());
+  }
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (const auto& e : fs::directory_iterator(dir_, ec))
+    if (ends_with(e.path().filename().string(), ".part")) stale.push_back(e.path());
+  for (const auto& p : stale) fs::remove(p, ec);
+}
+
 void Checkpoint::remove() {
   if (cur_fd_ >= 0) {
     ::close(cur_fd_);

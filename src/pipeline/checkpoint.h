@@ -122,6 +122,9 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   // Removes the checkpoint directory (before the output is committed).
   void remove();
+  // Removes the unfinished files of the layer in progress (a failed run keeping its checkpoint
+  // leaves only what the manifest names).
+  void drop_partial();
 
  private:
   void write_manifest();

@@ -256,6 +256,7 @@ QuantizeResult run_quantize(const QuantizeOptions& opt) {
       spdlog::warn("the input files changed during the run: the checkpoint in {} is removed", out.path());
       return;
     }
+    ck->drop_partial();
     out.keep();
     spdlog::warn("kept {} with a checkpoint after layer {} of {} ({}): rerun the same command with --resume to "
                  "continue at layer {} (or delete it):\n  {}",

@@ -308,7 +308,10 @@ TEST(Resume, IoFailureKeepsCheckpoint) {
   EXPECT_NE(r.log.find("with a checkpoint after layer "), std::string::npos) << r.log;
   EXPECT_NE(r.log.find("rerun the same command with --resume"), std::string::npos) << r.log;
   EXPECT_FALSE(fs::exists(out));
-  ASSERT_EQ(tmp_dirs(t.path(), "out").size(), 1u);
+  const auto kept = tmp_dirs(t.path(), "out");
+  ASSERT_EQ(kept.size(), 1u);
+  for (const auto& e : fs::recursive_directory_iterator(kept[0]))  // nothing but the checkpoint
+    EXPECT_EQ(e.path().filename().string().find(".part"), std::string::npos) << e.path();
   r = fp4q("quantize " + kModel + " " + out + kCalib + " --resume");
   ASSERT_EQ(r.code, 0) << r.log;
   expect_same_tree(default_reference() + "/out", out);
