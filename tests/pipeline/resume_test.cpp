@@ -237,6 +237,7 @@ TEST(Resume, ChangedSettingRefused) {
   ASSERT_EQ(same.code, 0) << same.log;
   EXPECT_NE(same.log.find("resuming from " + tmp[0]), std::string::npos) << same.log;
   EXPECT_TRUE(tmp_dirs(t.path(), "out").empty());
+  expect_same_tree(default_reference() + "/out", out);  // 2 threads, then 1: the same bytes
 }
 
 // A changed input file (config.json content; a safetensors file rewritten in place) is refused
