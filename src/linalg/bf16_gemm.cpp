@@ -5,8 +5,9 @@
 //  1. B [n x k] is packed once per call into panels of kNR = 64 rows (output columns): panel jp
 //     holds, for each k pair p, the 64 32-bit words (bf16(B[j][2p]) | bf16(B[j][2p+1]) << 16),
 //     j = 64·jp .. 64·jp+63 (rows past n are zero). A [m x k] is packed the same way into panels
-//     of kMR = 6 rows. Both in parallel over panels. Extra memory: (m + n)·k·2 bytes (rounded up
-//     to whole panels and an even k).
+//     of kMR = 6 rows. Both in parallel over panels; a panel is built 16 rows x 32 floats at a
+//     time (round to bf16, pair, 16x16 word transpose in registers). Extra memory: (m + n)·k·2
+//     bytes (rounded up to whole panels and an even k), huge-page backed, freed on return.
 //  2. The output is cut into kTileM x kTileN tiles; each tile (one thread) walks k in blocks of
 //     kKC elements; for each block and each 6-row A panel (in L1, 6 KiB) it runs the 6x64
 //     micro-kernel over the tile's B panels (the tile's B block, 256 KiB, stays in L2).
@@ -22,15 +23,18 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <vector>
 
+// GCC 12's AVX-512 intrinsics start several shuffles from _mm512_undefined_*(), which
+// -Wmaybe-uninitialized reports at every use after inlining (a known false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "fp4q/core/error.h"
 #include "fp4q/core/half.h"
 #include "fp4q/core/parallel.h"
 #include "fp4q/core/parallel_dynamic.h"
+#include "fp4q/linalg/buffer.h"
 
 namespace fp4q::linalg {
 
@@ -68,46 +72,70 @@ FP4Q_BF16_TARGET inline __m512i round_lanes(__m512i u) {
   return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
 }
 
-// src[0..k) -> ceil(k/2) pair words in dst (odd k: the last word's high half is 0). Rounding as
-// fp4q::float_to_bf16: RNE on the bit pattern, NaN -> quiet NaN with the same sign and payload top.
-FP4Q_BF16_TARGET void convert_row(const float* src, int64_t k, uint32_t* dst) {
+// 16 pair words of one row: floats src[0 .. min(32, rem)) rounded to bf16 and paired
+// (word q = bf16(src[2q]) | bf16(src[2q+1]) << 16; floats past rem read as 0).
+FP4Q_BF16_TARGET inline __m512i convert32(const float* src, int64_t rem) {
   // 16-bit slot s of the result takes the high half of float s of (lo, hi): index 2s + 1.
-  alignas(64) static const uint16_t kIdx[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
-                                                23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
-                                                45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-  const __m512i idx = _mm512_load_si512(kIdx);
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    const __m512i lo = round_lanes(_mm512_castps_si512(_mm512_loadu_ps(src + i)));
-    const __m512i hi = round_lanes(_mm512_castps_si512(_mm512_loadu_ps(src + i + 16)));
-    _mm512_storeu_si512(dst + i / 2, _mm512_permutex2var_epi16(lo, idx, hi));
-  }
-  if (i < k) {
-    const int64_t rem = k - i;  // 1..31 floats -> ceil(rem/2) words
+  const __m512i idx = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                       31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  __m512 lo, hi;
+  if (rem >= 32) {
+    lo = _mm512_loadu_ps(src);
+    hi = _mm512_loadu_ps(src + 16);
+  } else {
     const __mmask16 m0 = static_cast<__mmask16>(rem >= 16 ? 0xffff : (1u << rem) - 1);
     const __mmask16 m1 = static_cast<__mmask16>(rem <= 16 ? 0 : (1u << (rem - 16)) - 1);
-    const __m512i lo = round_lanes(_mm512_castps_si512(_mm512_maskz_loadu_ps(m0, src + i)));
-    const __m512i hi = round_lanes(_mm512_castps_si512(_mm512_maskz_loadu_ps(m1, src + i + 16)));
-    const int64_t words = (rem + 1) / 2;
-    _mm512_mask_storeu_epi32(dst + i / 2, static_cast<__mmask16>((1u << words) - 1),
-                             _mm512_permutex2var_epi16(lo, idx, hi));
+    lo = _mm512_maskz_loadu_ps(m0, src);
+    hi = _mm512_maskz_loadu_ps(m1, src + 16);
   }
+  return _mm512_permutex2var_epi16(round_lanes(_mm512_castps_si512(lo)), idx,
+                                   round_lanes(_mm512_castps_si512(hi)));
+}
+
+// In-place transpose of 16 x 16 32-bit words (v[i] = row i).
+FP4Q_BF16_TARGET inline void transpose16(__m512i v[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // v[4b + c] now holds, in 128-bit lane L, column 4L + c of rows 4b .. 4b+3.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x88);      // lanes 0,2 of each
+    const __m512i b = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xdd);      // lanes 1,3
+    const __m512i e = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x88);
+    const __m512i f = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xdd);
+    t[c] = _mm512_shuffle_i32x4(a, e, 0x88);       // column c      (lane 0 of rows 0..15)
+    t[8 + c] = _mm512_shuffle_i32x4(a, e, 0xdd);   // column 8 + c  (lane 2)
+    t[4 + c] = _mm512_shuffle_i32x4(b, f, 0x88);   // column 4 + c  (lane 1)
+    t[12 + c] = _mm512_shuffle_i32x4(b, f, 0xdd);  // column 12 + c (lane 3)
+  }
+  for (int i = 0; i < 16; ++i) v[i] = t[i];
 }
 
 // Packs rows [0, rows) of src (ld floats apart, k columns) into one panel of R rows:
-// dst[p * R + r] = pair word p of row r (rows >= `rows` are zero). tmp: R * np words.
+// dst[p * R + r] = pair word p of row r (rows >= `rows` are zero), for p < ceil(k/2).
+// Rounding as fp4q::float_to_bf16. Blocks of 16 rows x 16 pairs: convert, transpose, store.
 FP4Q_BF16_TARGET void pack_panel(const float* src, int64_t ld, int64_t rows, int R, int64_t k,
-                                 uint32_t* tmp, uint32_t* dst) {
+                                 uint32_t* dst) {
   const int64_t np = (k + 1) / 2;
-  for (int64_t r = 0; r < rows; ++r) convert_row(src + r * ld, k, tmp + r * np);
-  // Transpose tmp [rows x np] -> dst [np x R] in 16-pair blocks (cache friendly).
-  for (int64_t p0 = 0; p0 < np; p0 += 16) {
-    const int64_t p1 = std::min(np, p0 + 16);
-    for (int64_t p = p0; p < p1; ++p) {
-      uint32_t* d = dst + p * R;
-      int64_t r = 0;
-      for (; r < rows; ++r) d[r] = tmp[r * np + p];
-      for (; r < R; ++r) d[r] = 0;
+  for (int r0 = 0; r0 < R; r0 += 16) {
+    const int rb = std::min(16, R - r0);  // rows of this block in the panel
+    const __mmask16 store_mask = static_cast<__mmask16>(rb == 16 ? 0xffff : (1u << rb) - 1);
+    for (int64_t p0 = 0; p0 < np; p0 += 16) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = r0 + i < rows ? convert32(src + (r0 + i) * ld + 2 * p0, k - 2 * p0) : _mm512_setzero_si512();
+      transpose16(v);
+      const int64_t pn = std::min<int64_t>(16, np - p0);
+      for (int64_t q = 0; q < pn; ++q)
+        _mm512_mask_storeu_epi32(dst + (p0 + q) * R + r0, store_mask, v[q]);
     }
   }
 }
@@ -209,20 +237,14 @@ void gemm_bf16_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
   const int64_t np = (k + 1) / 2;
   const int64_t pa = ceil_div(m, kMR), pb = ceil_div(n, kNR);
   const bool par = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) >= kParallelFlops;
-  // Packed panels (every word is written by the packing, so no zero fill).
-  const std::unique_ptr<uint32_t[]> ap(new uint32_t[static_cast<size_t>(pa * np * kMR)]);
-  const std::unique_ptr<uint32_t[]> bp(new uint32_t[static_cast<size_t>(pb * np * kNR)]);
+  // Packed panels: every word is written by the packing (no fill); huge pages make the first
+  // touch of these 10-100 MB buffers cheap (linalg/buffer.h).
+  HugeBuffer<uint32_t> ap(static_cast<size_t>(pa * np * kMR)), bp(static_cast<size_t>(pb * np * kNR));
   run_parallel(pb, par, [&](int64_t j) {
-    thread_local std::vector<uint32_t> tmp;
-    tmp.resize(static_cast<size_t>(kNR * np));
-    pack_panel(b + j * kNR * ldb, ldb, std::min<int64_t>(kNR, n - j * kNR), kNR, k, tmp.data(),
-               bp.get() + j * np * kNR);
+    pack_panel(b + j * kNR * ldb, ldb, std::min<int64_t>(kNR, n - j * kNR), kNR, k, bp.data() + j * np * kNR);
   });
   run_parallel(pa, par, [&](int64_t i) {
-    thread_local std::vector<uint32_t> tmp;
-    tmp.resize(static_cast<size_t>(kMR * np));
-    pack_panel(a + i * kMR * lda, lda, std::min<int64_t>(kMR, m - i * kMR), kMR, k, tmp.data(),
-               ap.get() + i * np * kMR);
+    pack_panel(a + i * kMR * lda, lda, std::min<int64_t>(kMR, m - i * kMR), kMR, k, ap.data() + i * np * kMR);
   });
   const int64_t tm = ceil_div(m, kTileM), tn = ceil_div(n, kTileN);
   constexpr int64_t kPC = kKC / 2;  // pairs per k block
@@ -232,10 +254,10 @@ void gemm_bf16_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
     for (int64_t p0 = 0; p0 < np; p0 += kPC) {
       const int64_t pn = std::min(kPC, np - p0);
       for (int64_t i = i0; i < i1; i += kMR) {
-        const uint32_t* apan = ap.get() + (i / kMR) * np * kMR + p0 * kMR;
+        const uint32_t* apan = ap.data() + (i / kMR) * np * kMR + p0 * kMR;
         const int mr = static_cast<int>(std::min<int64_t>(kMR, i1 - i));
         for (int64_t j = j0; j < j1; j += kNR) {
-          const uint32_t* bpan = bp.get() + (j / kNR) * np * kNR + p0 * kNR;
+          const uint32_t* bpan = bp.data() + (j / kNR) * np * kNR + p0 * kNR;
           kernel_6x64(pn, apan, bpan, c + i * ldc + j, ldc, mr,
                       static_cast<int>(std::min<int64_t>(kNR, j1 - j)), p0 == 0);
         }
