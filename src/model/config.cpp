@@ -339,7 +339,11 @@ void parse_moe(const json& j, const std::string& where, ModelConfig& c) {
     c.norm_topk_prob = true;              // MixtralTopKRouter always renormalises
     c.layer_moe.assign(c.n_layers, true);
   } else if (c.arch == Arch::kQwen3Moe) {
-    c.n_experts = static_cast<int>(get_int(j, "num_experts", where, false, 128));
+    // Hub checkpoints (transformers 4.x) say num_experts; transformers 5 writes the same field as
+    // num_local_experts when it saves a Qwen3-MoE config (found by the 5.17 goldens).
+    c.n_experts = static_cast<int>(
+        j.contains("num_experts") ? get_int(j, "num_experts", where, false, 128)
+                                  : get_int(j, "num_local_experts", where, false, 128));
     c.n_experts_per_tok = static_cast<int>(get_int(j, "num_experts_per_tok", where, false, 8));
     c.moe_intermediate = get_int(j, "moe_intermediate_size", where, false, 768);
     c.norm_topk_prob = get_bool(j, "norm_topk_prob", where, false);
