@@ -2,6 +2,7 @@
 #include "fp4q/pipeline/estimate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <vector>
@@ -27,13 +28,17 @@ double attention_keys(int64_t T) {
   return s;
 }
 
-// Efficiencies (achieved FLOP/s over the tiled-SGEMM probe) used by the time estimate, from
-// `fp4q bench --shape llama3-8b --samples 16 --seqlen 2048` (bench/README.md).
-constexpr double kEffForward = 0.85, kEffHessian = 0.85, kEffFactor = 0.75, kEffSweep = 0.55,
-                 kEffStats = 0.85;
-// Seconds per quantized weight and thread for work that is not FLOP-bound: MSE scale search
-// (incl. the NVFP4 global-scale search), dequantization, packing and writing.
-constexpr double kSecondsPerWeightThread = 40e-9;
+// Efficiencies (achieved FLOP/s over the tiled-SGEMM probe) used by the time estimate, measured
+// with `fp4q bench --shape llama3-8b` on the GPU machine's 16 cores at 1, 4 and 16 threads
+// (bench/README.md, bench/results/h200-host-16core): forward 0.83-0.85, Hessians 0.77-0.96,
+// quantized forward 0.88-0.92, GPTQ factor 0.51-0.58, sweep 0.54-0.56, statistics 0.64-0.72.
+constexpr double kEffForward = 0.85, kEffHessian = 0.85, kEffFactor = 0.55, kEffSweep = 0.55,
+                 kEffStats = 0.68;
+// Seconds per quantized weight on one thread for work that is not FLOP-bound: MSE scale search
+// (incl. the NVFP4 global-scale search), rotation, dequantization, packing and writing (same runs:
+// 60 ns per weight on 1 thread); it scales as threads^0.56 (2.8x on 4 threads, 4.7x on 16).
+constexpr double kSecondsPerWeightThread = 60e-9;
+constexpr double kOtherThreadExponent = 0.56;
 
 }  // namespace
 
@@ -187,7 +192,8 @@ void add_time_estimate(RunEstimate& e, double probe) {
                            e.quant_forward / (r * kEffForward) + e.gptq_factor / (r * kEffFactor) +
                            e.gptq_sweep / (r * kEffSweep) + e.stats / (r * kEffStats);
   const int threads = num_threads();
-  const double other = e.weights_per_layer * kSecondsPerWeightThread / std::max(1, threads);
+  const double other = e.weights_per_layer * kSecondsPerWeightThread /
+                       std::pow(static_cast<double>(std::max(1, threads)), kOtherThreadExponent);
   e.seconds = (per_layer + other) * e.layers;
 }
 
