@@ -29,6 +29,21 @@ void fwht(float* v, int b) {
       }
 }
 
+// One h-block of the fp-quant rotation on float32 inputs as Triton's `tl.dot(x, M)` computes it
+// with input precision "ieee" (TRITON_F32_DEFAULT=ieee; FMA lowering of the dot): for each output
+// j, acc = 0, then acc = fma(x[k], M[k][j], acc) for k = 0, 1, ..., b-1 in order, M[k][j] =
+// ±c (Sylvester sign (-1)^popcount(k&j)). With c = 1/4 (b = 16) every product is exact and this is
+// a left-to-right float32 sum; for b = 32, 128 each step rounds once (fma).
+void fma_dot_block(float* v, int b, float c) {
+  float x[256];
+  for (int k = 0; k < b; ++k) x[k] = v[k];
+  for (int j = 0; j < b; ++j) {
+    float acc = 0.0f;
+    for (int k = 0; k < b; ++k) acc = std::fma(x[k], (__builtin_popcount(static_cast<unsigned>(k & j)) & 1) ? -c : c, acc);
+    v[j] = acc;
+  }
+}
+
 // Rotation of every h-block of every row as the runtime computes it (see act_quant.h).
 void rotate(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
   const int h = t.hadamard;
@@ -38,6 +53,9 @@ void rotate(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
     return;
   }
   const bool ct = t.runtime == ActRuntime::kCompressedTensors;
+  if (!ct && t.dtype == ComputeDtype::kF32 && h > 256)
+    throw Error(ErrorKind::kUsage, "fp-quant rotation block " + std::to_string(h) + " is larger than 256",
+                "--hadamard", "fp_quant accepts 16, 32, 64 or 128");
   // compressed-tensors: sums / fl(sqrt(h)); fp-quant: sums * c, c = the stored matrix entry
   // fl(1/sqrt(h)) in the runtime dtype.
   const float div = static_cast<float>(std::sqrt(static_cast<double>(h)));
@@ -46,14 +64,31 @@ void rotate(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
     float* row = x + r * cols;
     for (int64_t c0 = 0; c0 < cols; c0 += h) {
       float* v = row + c0;
-      fwht(v, h);
       if (ct) {
+        fwht(v, h);
         for (int j = 0; j < h; ++j) v[j] = round_bf16(v[j] / div);  // bf16 only (f32 returned above)
+      } else if (t.dtype == ComputeDtype::kF32) {
+        fma_dot_block(v, h, c);  // float32 tl.dot: sequential fma
       } else {
+        // bf16 tl.dot (tensor cores): exact bf16 products ±x·c summed in float32; the sums of a
+        // block of bf16 values are exact here (Walsh–Hadamard butterflies), one rounding by c.
+        fwht(v, h);
         for (int j = 0; j < h; ++j) v[j] *= c;  // float32 result of tl.dot, not rounded
       }
     }
   });
+}
+
+// Triton's float32 `/` (PTX div.full.f32): a · rcp(b) with one rounding of the product (the
+// operands are rescaled only for |b| > 2^126, which no divisor here reaches). rcp = the correctly
+// rounded reciprocal RN(1/b) (rcp.approx.f32 is specified to 1 ulp; RN for the divisors that occur
+// — E4M3 scale values, 6, 0.75, 2^E/3, bf16 global scales — is what the library's bf16 perplexity
+// reproduces, and tools/verify_consumers.py probes it on the GPU). For the E4M3 mantissas
+// 1.125 .. 1.875 RN(1/m) lies above 1/m, so an exact tie x·gs = t·S can come out one ulp above t
+// (and round up) where IEEE division gives t (and rounds toward zero).
+inline float div_full(float a, float b) {
+  const float r = 1.0f / b;  // -ffp-contract=off, no fast-math: a separate, correctly rounded step
+  return a * r;
 }
 
 float group_amax(const float* g, int n) {
@@ -93,25 +128,26 @@ void ct_mxfp4(float* g, int n, ComputeDtype d) {
   }
 }
 
-// fp_quant triton/nvfp4.py.
+// fp_quant triton/nvfp4.py (every `/` is div.full.f32).
 void fpq_nvfp4(float* g, int n, float gs_stored, ComputeDtype d) {
   const float gs = round_to(d, gs_stored);  // the act_global_scale buffer in the model dtype
   const float amax = group_amax(g, n);
   const float t = gs * amax;
-  const uint8_t sb = format::e4m3_encode(std::min(t / 6.0f, 448.0f));  // cvt.rn.satfinite.e4m3
+  const uint8_t sb = format::e4m3_encode(std::min(div_full(t, 6.0f), 448.0f));  // cvt.rn.satfinite.e4m3
   const float S = format::e4m3_decode(sb);
   for (int j = 0; j < n; ++j) {
-    if (!(S > 0.0f)) {  // 0/0 = NaN falls through every threshold: code 0
+    if (!(S > 0.0f)) {  // x·gs·rcp(0) = ±inf -> 6, or NaN -> 0; times S = 0 either way
       g[j] = 0.0f;
       continue;
     }
-    const float v = (g[j] * gs) / S;
+    const float v = div_full(g[j] * gs, S);
     const float q = kE2M1Grid[e2m1_index_tz(std::fabs(v))];
-    g[j] = round_to(d, ((v > 0.0f ? q : -q) * S) / gs);
+    g[j] = round_to(d, div_full((v > 0.0f ? q : -q) * S, gs));
   }
 }
 
-// fp_quant triton/mxfp4.py, forward_method abs_max (gaussian_scale 3/4, quest False).
+// fp_quant triton/mxfp4.py, forward_method abs_max (gaussian_scale 3/4, quest False); both `/`
+// are div.full.f32.
 void fpq_mxfp4(float* g, int n, ComputeDtype d) {
   const float amax = group_amax(g, n);
   if (!(amax > 0.0f)) {
@@ -120,13 +156,13 @@ void fpq_mxfp4(float* g, int n, ComputeDtype d) {
   }
   int e2 = 0;
   std::frexp(amax, &e2);  // amax = m·2^e2, m in [0.5, 1): floor(log2 amax) = e2 - 1
-  const float s = std::ldexp(1.0f, e2 - 1 - 2) / 0.75f;
+  const float s = div_full(std::ldexp(1.0f, e2 - 1 - 2), 0.75f);  // 2^(E-2)·RN(4/3)
   if (!(s > 0.0f)) {  // underflow: x/0 saturates to 6, times 0
     for (int j = 0; j < n; ++j) g[j] = 0.0f;
     return;
   }
   for (int j = 0; j < n; ++j) {
-    const float v = g[j] / s;
+    const float v = div_full(g[j], s);
     const float q = kE2M1Grid[e2m1_index_tz(std::fabs(v))];
     g[j] = round_to(d, (v > 0.0f ? q : -q) * s);
   }

@@ -79,6 +79,19 @@ double ref_e2m1(double a, bool ties_even) {
   return kGrid[best];
 }
 
+// Triton's float32 division (PTX div.full.f32) as the fp-quant rule uses it: the nearest float to
+// 1/b found by comparing float neighbours in double (ties cannot occur: 1/b is never a float
+// midpoint for the divisors used), then one rounding of a·r (exact in double: 24 x 24 bits).
+float ref_rcp(float b) {
+  const double exact = 1.0 / static_cast<double>(b);
+  float r = static_cast<float>(exact);  // within one ulp; pick the nearest of r and its neighbours
+  float best = r;
+  for (float c : {std::nextafter(r, 0.0f), std::nextafter(r, INFINITY)})
+    if (std::fabs(static_cast<double>(c) - exact) < std::fabs(static_cast<double>(best) - exact)) best = c;
+  return best;
+}
+float ref_div_full(float a, float b) { return fl(static_cast<double>(a) * ref_rcp(b)); }
+
 double amax_of(const std::vector<float>& g) {
   double m = 0;
   for (float v : g) m = std::max(m, std::fabs(static_cast<double>(v)));
@@ -114,18 +127,19 @@ struct RefRule {
     } else {
       if (nv) {
         gs = rd(t.dtype, t.global_scale);
-        S = ref_e4m3(std::min<double>(fl(fl(static_cast<double>(gs) * amax) / 6.0), 448.0));
+        S = ref_e4m3(std::min<double>(ref_div_full(fl(static_cast<double>(gs) * amax), 6.0f), 448.0));
         zero = S == 0.0;
       } else {
         zero = amax == 0;
         if (zero) return;
-        s = fl(std::ldexp(1.0, static_cast<int>(std::floor(std::log2(amax))) - 2) / 0.75);  // fl(2^E/3)
+        s = ref_div_full(fl(std::ldexp(1.0, static_cast<int>(std::floor(std::log2(amax))) - 2)), 0.75f);
       }
     }
   }
   bool fpq_nv() const { return t.runtime == ActRuntime::kFpQuant && t.format == FormatId::kNVFP4; }
   float quotient(float x) const {
-    if (fpq_nv()) return fl(static_cast<double>(fl(static_cast<double>(x) * gs)) / S);
+    if (fpq_nv()) return ref_div_full(fl(static_cast<double>(x) * gs), static_cast<float>(S));
+    if (t.runtime == ActRuntime::kFpQuant) return ref_div_full(x, s);
     return fl(static_cast<double>(x) / s);
   }
   float value(float x) const {
@@ -137,7 +151,7 @@ struct RefRule {
     }
     const double q = ref_e2m1(std::fabs(static_cast<double>(v)), false);
     const double sq = v > 0 ? q : -q;
-    if (fpq_nv()) return rd(t.dtype, fl(static_cast<double>(fl(sq * S)) / gs));
+    if (fpq_nv()) return rd(t.dtype, ref_div_full(fl(sq * S), gs));
     return rd(t.dtype, fl(sq * static_cast<double>(s)));
   }
 };
@@ -404,7 +418,16 @@ TEST(RuntimeEmulation, RotationPerRuntimeAndDtype) {
               for (int i = 0; i < h; ++i)
                 sum += x[static_cast<size_t>(rr * cols + b0 + i)] * ((__builtin_popcount(i & j) & 1) ? -1.0 : 1.0);
               float want;
-              if (r == ActRuntime::kFpQuant) {
+              if (r == ActRuntime::kFpQuant && d == ComputeDtype::kF32) {
+                // tl.dot "ieee": sequential fma over k from 0 with the float32 matrix entry; each
+                // step is one rounding of acc + x·m, exact in float64 (a float plus a small
+                // integer times a float), so rounding the float64 value is the fma
+                double acc = 0;
+                for (int i = 0; i < h; ++i)
+                  acc = fl(acc + static_cast<double>(x[static_cast<size_t>(rr * cols + b0 + i)]) *
+                                     ((__builtin_popcount(i & j) & 1) ? -1.0 : 1.0) * static_cast<double>(fl(c)));
+                want = static_cast<float>(acc);
+              } else if (r == ActRuntime::kFpQuant) {
                 want = fl(sum * rd(d, fl(c)));  // products exact, one rounding of the sum
               } else if (d == ComputeDtype::kBF16) {
                 want = ref_bf16(fl(sum / fl(std::sqrt(static_cast<double>(h)))));
@@ -417,6 +440,41 @@ TEST(RuntimeEmulation, RotationPerRuntimeAndDtype) {
       }
   }
   EXPECT_EQ(fp4q::round_bf16(static_cast<float>(1.0 / std::sqrt(32.0))), 0.1767578125f);
+}
+
+// FP-Quant's Triton kernels divide with div.full.f32 = a·RN(1/b), not IEEE a/b. The two differ on
+// exact E2M1 ties whenever RN(1/m) > 1/m pushes t·(m·RN(1/m)) one ulp above t: with S = 1.75
+// (gs = 1, amax = 10.5, so S = 10.5/6 exactly) the element 1.3125 = 0.75·S quantizes to 1 (x̂ =
+// 1.75) where IEEE division would give the tie 0.75 -> 0.5 (x̂ = 0.875). Found as 175 flipped
+// decisions per 4096 tokens on the bundled model (nvfp4, no rotation, bf16), which moved fp4q's
+// bf16 prediction onto the library's perplexity (tools/verify_consumers.py).
+TEST(RuntimeEmulation, FpQuantDividesLikeTritonDivFull) {
+  EXPECT_GT(static_cast<double>(ref_rcp(1.75f)), 1.0 / 1.75);  // RN(1/1.75) lies above
+  EXPECT_EQ(fl(0.75 * 1.75), 1.3125f);
+  EXPECT_GT(ref_div_full(1.3125f, 1.75f), 0.75f);
+  EXPECT_EQ(fl(1.3125 / 1.75), 0.75f);  // IEEE: the exact tie
+  for (ComputeDtype d : kDtypes) {
+    const InputTransform t = make(ActRuntime::kFpQuant, FormatId::kNVFP4, d, 1.0f);
+    std::vector<float> g(16, 0.0f);
+    g[0] = 10.5f;
+    g[1] = 1.3125f;
+    g[2] = -1.3125f;
+    const auto out = run_group(t, g);
+    EXPECT_EQ(out[0], 10.5f);
+    EXPECT_EQ(out[1], 1.75f) << fp4q::compute_dtype_name(d);
+    EXPECT_EQ(out[2], -1.75f);
+    expect_same(out, ref_group(t, g), "div.full tie");
+  }
+  // The dequantisation divides by gs the same way: fl(fl(q·S)·RN(1/gs)) (often one ulp away from
+  // the IEEE quotient for a gs that is not a power of two).
+  for (float gs : {498.0f, 644.0f, 1232.0f, 3.0f}) {
+    const InputTransform t = make(ActRuntime::kFpQuant, FormatId::kNVFP4, ComputeDtype::kF32, gs);
+    std::vector<float> g(16);
+    for (int j = 0; j < 16; ++j) g[static_cast<size_t>(j)] = (j % 2 ? -1.0f : 1.0f) * (0.37f + 0.61f * j) / gs * 7.0f;
+    expect_same(run_group(t, g), ref_group(t, g), "gs " + std::to_string(gs));
+  }
+  // MXFP4: s = 2^(E-2)·RN(4/3); the quotient is x·RN(1/s) (RN(1/RN(4/3)) = 0.75 exactly).
+  EXPECT_EQ(ref_rcp(ref_div_full(1.0f, 0.75f)), 0.75f);
 }
 
 TEST(RuntimeEmulation, ParseNames) {

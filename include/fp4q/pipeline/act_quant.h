@@ -19,13 +19,16 @@
 //    MXFP4     e = floor(log2 amax) - 2, +1 when amax's mantissa >= 1.75
 //              (format::mxfp4_absmax_exponent); x_hat = RNE_E2M1(x/2^e) · 2^e
 //  kFpQuant (FP-Quant inference_lib 0.3.2, the Triton pseudo-quantization kernels
-//  triton/nvfp4.py and triton/mxfp4.py used by transformers with pseudoquantization: true):
+//  triton/nvfp4.py and triton/mxfp4.py used by transformers with pseudoquantization: true).
+//  Triton lowers float32 `/` to PTX div.full.f32: a/b -> dv(a, b) = fl(a · RN(1/b)) (one rounding
+//  of the product by the reciprocal, not IEEE division):
 //    rotation  x·M with M = blockdiag(H_h · c), c = fl(1/sqrt(h)) (bf16: c rounded to bf16,
-//              since transformers casts the buffer), float32 result (never rounded to bf16)
-//    NVFP4     gs in the compute dtype; S = e4m3(min(fl(fl(gs·amax)/6), 448));
-//              q = TZ_E2M1(fl(fl(x·gs)/S)); x_hat = fl(fl(q·S)/gs)
-//    MXFP4     s = fl(2^(floor(log2 amax) - 2) / 0.75) (= 2^E/3, E = floor(log2 amax): the group
-//              max maps into [3, 6), nothing clips); q = TZ_E2M1(fl(x/s)); x_hat = fl(q·s)
+//              since transformers casts the buffer), float32 result (never rounded to bf16);
+//              f32: tl.dot in IEEE mode = per output acc = fma(x_k, ±c, acc), k = 0..h-1 in order
+//    NVFP4     gs in the compute dtype; S = e4m3(min(dv(fl(gs·amax), 6), 448));
+//              q = TZ_E2M1(dv(fl(x·gs), S)); x_hat = dv(fl(q·S), gs)
+//    MXFP4     s = dv(2^(floor(log2 amax) - 2), 0.75) (= 2^(E-2)·RN(4/3): the group max maps into
+//              [3, 6), nothing clips); q = TZ_E2M1(dv(x, s)); x_hat = fl(q·s)
 //              (the activation global scale is not used)
 //  Both: with ComputeDtype::kBF16 x_hat is rounded to bf16 (the runtime's output tensor dtype);
 //  all-zero groups give 0.
