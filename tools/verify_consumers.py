@@ -237,6 +237,10 @@ def run_fpq_case(log, case, man, root, device, res):
     ppl, nll, tok = perplexity(model, ppl_ids, man["seqlen"], device)
     out["bf16"] = compare(log, "fp_quant bf16 vs fp4q fp-quant bf16", lg, ppl, case["fp4q"]["fp-quant"]["bf16"],
                           vocab, root, None, TARGETS["bf16_ppl_rel"])
+    try:
+        out["captured_bf16"] = captured_check(log, model, lg_ids, device, "bf16")
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
     out["bf16_vs_fp4q_f32"] = compare(log, "fp_quant bf16 vs fp4q fp-quant f32 (info)", lg, ppl,
                                       case["fp4q"]["fp-quant"]["f32"], vocab, root, None, float("inf"))
     # nn.Module.float directly: transformers refuses .float() on a quantized model (is_quantized).
@@ -248,6 +252,10 @@ def run_fpq_case(log, case, man, root, device, res):
     ppl, nll, tok = perplexity(model, ppl_ids, man["seqlen"], device)
     out["f32"] = compare(log, "fp_quant fp32 vs fp4q fp-quant f32", lg, ppl, case["fp4q"]["fp-quant"]["f32"],
                          vocab, root, TARGETS["f32_rel_l2"], TARGETS["f32_ppl_rel"])
+    try:
+        out["captured_f32"] = captured_check(log, model, lg_ids, device, "fp32")
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
     out["f32_vs_fp4q_ct"] = compare(log, "fp_quant fp32 vs fp4q compressed-tensors f32 (info)", lg, ppl,
                                     case["fp4q"]["compressed-tensors"]["f32"], vocab, root, None, float("inf"))
     res["fp_quant"] = out
@@ -256,9 +264,22 @@ def run_fpq_case(log, case, man, root, device, res):
 
 
 def fpq_rule(x, H, gs, fmt):
-    """The fp-quant rule of docs/FORMAT.md §13 in torch float32 ops (reference for the kernels)."""
+    """The fp-quant rule of docs/FORMAT.md §13 in torch (reference for the kernels): Triton's float32
+    `/` is div.full.f32 = a * RN(1/b) (torch's CUDA 1.0 / b is IEEE, i.e. RN); the float32
+    rotation is tl.dot 'ieee' = a sequential fma over k (each step exact in float64, rounded
+    once); bf16 inputs: exact products summed, rounded once."""
     import torch
-    xh = (x.float().reshape(-1, H.shape[0]) @ H.float()).reshape(-1, 16 if fmt == "nvfp4" else 32)
+    h = H.shape[0]
+    xb = x.reshape(-1, h)
+    if x.dtype == torch.float32:
+        Hd = H.double()
+        acc = torch.zeros(xb.shape, dtype=torch.float32, device=x.device)
+        for k in range(h):
+            acc = (acc.double() + xb[:, k:k + 1].double() * Hd[k:k + 1, :]).float()
+        xh = acc
+    else:
+        xh = (xb.double() @ H.double()).float()
+    xh = xh.reshape(-1, 16 if fmt == "nvfp4" else 32)
     a = xh.abs().amax(-1, keepdim=True)
     thr = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], device=x.device)
     grid = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6], device=x.device)
@@ -268,18 +289,61 @@ def fpq_rule(x, H, gs, fmt):
         q = grid[idx]
         return torch.where(v > 0, q, -q)
 
+    def dv(num, den):  # div.full.f32
+        return num * (1.0 / den)
+
     if fmt == "nvfp4":
         g = gs.float()
-        S = ((g * a) / 6).clamp(max=448).to(torch.float8_e4m3fn).float()
-        v = (xh * g) / S
-        out = (tz(v) * S) / g
+        S = dv(g * a, 6.0).clamp(max=448).to(torch.float8_e4m3fn).float()
+        v = dv(xh * g, S)
+        out = dv(tz(v) * S, g)
         out = torch.where(S > 0, out, torch.zeros_like(out))
     else:
-        s = torch.exp2(torch.floor(torch.log2(a)) - 2) / 0.75
-        v = xh / s
+        s = dv(torch.exp2(torch.floor(torch.log2(a)) - 2), torch.tensor(0.75, device=x.device))
+        v = dv(xh, s)
         out = tz(v) * s
         out = torch.where(a > 0, out, torch.zeros_like(out))
     return out.reshape(x.shape).to(x.dtype)
+
+
+def probe_rcp(log, device, out):
+    """Triton's float32 division on the divisors fp-quant uses (E4M3 mantissas, 6, 0.75, bf16
+    global scales): is div.full.f32(a, b) = fl(a * RN(1/b)) (what fp4q emulates)?"""
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _div(a_ptr, b_ptr, o_ptr, n: tl.constexpr):
+        i = tl.arange(0, n)
+        tl.store(o_ptr + i, tl.load(a_ptr + i) / tl.load(b_ptr + i))
+
+    bs = [1 + m / 8 for m in range(8)] + [6.0, 0.75, 498.0, 644.0, 1232.0, 3.0] + \
+        [float(v) for v in torch.arange(1, 256, dtype=torch.float32) * 8]  # bf16-exact integers
+    n = 1
+    while n < len(bs):
+        n *= 2
+    b = torch.tensor(bs + [1.0] * (n - len(bs)), dtype=torch.float32, device=device)
+    g = torch.Generator(device="cpu").manual_seed(5)
+    worst = {"rcp_mismatch": 0, "div_mismatch": 0, "ieee_mismatch": 0, "trials": 0}
+    for rep in range(64):
+        a = (torch.rand(n, generator=g) * 8 + 0.1).to(device)
+        if rep == 0:
+            a = torch.ones(n, device=device)  # 1/b itself
+        o = torch.empty_like(a)
+        _div[(1,)](a, b, o, n)
+        want = a * (1.0 / b)  # RN reciprocal, one product rounding
+        worst["div_mismatch"] += int((o != want).sum())
+        worst["ieee_mismatch"] += int((o != a / b).sum())
+        worst["trials"] += n
+        if rep == 0:
+            worst["rcp_mismatch"] = int((o != 1.0 / b).sum())
+            bad = [(bs[i], float(o[i]), float(1.0 / b[i])) for i in range(len(bs)) if float(o[i]) != float(1.0 / b[i])]
+            worst["rcp_bad"] = bad[:20]
+    out["div_full"] = worst
+    log(f"  triton fp32 '/': rcp(b) != RN(1/b) for {worst['rcp_mismatch']} of {len(bs)} divisors "
+        f"{worst.get('rcp_bad', [])}; a/b != fl(a*RN(1/b)) {worst['div_mismatch']} / {worst['trials']} "
+        f"(vs IEEE a/b: {worst['ieee_mismatch']} differ)")
 
 
 def run_kernels(log, device, res):
@@ -313,7 +377,49 @@ def run_kernels(log, device, res):
         got = [float(v) for v in y[0, 1:11]]
         out[f"ties/{str(dt).split('.')[-1]}"] = got
         log(f"  ties {str(dt):<15} 0.25 0.75 1.25 1.75 2.5 3.5 5 -0.75 -1.75 -3.5 -> {got}")
+    try:
+        probe_rcp(log, device, out)
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
     res["kernels"] = out
+
+
+def captured_check(log, model, lg_ids, device, tag):
+    """Chaos-free check of the activation rule: every FPQuantLinear's real input during the logits
+    run goes through the kernel (forward_pseudoquantize) and through fpq_rule; differing elements
+    are counted (0 = fp4q's rule is the kernel's, bit for bit). Perplexity comparisons of a W4A4
+    model amplify ulp-level differences elsewhere (GEMM summation order) into flipped FP4 codes;
+    this check does not."""
+    import torch
+    from fp_quant import FPQuantLinear
+    from fp_quant.module.pseudoquant_linear_fns import forward_pseudoquantize
+    seen = {}
+
+    def pre(mod, inp, name=None):
+        if name not in seen:
+            seen[name] = (mod, inp[0].detach().reshape(-1, inp[0].shape[-1]).clone())
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: pre(mod, inp, n))
+             for n, m in model.named_modules() if isinstance(m, FPQuantLinear)]
+    try:
+        model_logits(model, lg_ids, device)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    tot = diff = 0
+    worst = []
+    for name, (mod, x) in seen.items():
+        fmt = mod.config.forward_dtype.value
+        y = forward_pseudoquantize(x, mod.forward_hadamard_matrix, mod.act_global_scale, mod.config.forward_dtype,
+                                   mod.config.forward_method)[0]
+        r = fpq_rule(x, mod.forward_hadamard_matrix, mod.act_global_scale, fmt)
+        d = int((y.float() != r.float()).sum())
+        tot += y.numel()
+        diff += d
+        if d:
+            worst.append((name, d))
+    log(f"  captured inputs {tag}: {len(seen)} Linears, kernel vs fp4q rule differing elements {diff} / {tot}"
+        + (f"  (first: {worst[:4]})" if worst else ""))
+    return {"linears": len(seen), "elements": tot, "differ": diff, "by_linear": worst[:32]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,11 +517,64 @@ def import_ct(log, ct_src):
     return compressed_tensors, shims
 
 
+# Where the FP4 compressors live: compressed-tensors >= 0.12 has compressors/nvfp4 + mxfp4; the
+# 2025-10 tree (52792be0) has both in compressors/quantized_compressors/fp4_quantized.py (MXFP4 an
+# alias of NVFP4 whose decompress_weight wants a weight_global_scale MXFP4 does not have).
+CT_FP4_MODULES = {
+    "nvfp4": ["compressed_tensors.compressors.nvfp4.base",
+              "compressed_tensors.compressors.quantized_compressors.fp4_quantized",
+              "compressed_tensors.compressors"],
+    "mxfp4": ["compressed_tensors.compressors.mxfp4.base",
+              "compressed_tensors.compressors.quantized_compressors.fp4_quantized",
+              "compressed_tensors.compressors"],
+    "unpack": ["compressed_tensors.compressors.nvfp4.helpers",
+               "compressed_tensors.compressors.quantized_compressors.fp4_quantized",
+               "compressed_tensors.compressors"],
+}
+
+
+def ct_find(kind, attr):
+    """(object, module name) of `attr` from the first module of CT_FP4_MODULES[kind] that has it."""
+    import importlib
+    errs = []
+    for mod in CT_FP4_MODULES[kind]:
+        try:
+            m = importlib.import_module(mod)
+            if hasattr(m, attr):
+                return getattr(m, attr), mod
+            errs.append(f"{mod}: no {attr}")
+        except Exception as e:  # noqa: BLE001
+            errs.append(f"{mod}: {e!r}")
+    raise ImportError(f"{attr} not found in compressed-tensors ({'; '.join(errs)})")
+
+
+def ct_source_id(ct_src):
+    """Commit / version of the compressed-tensors source used (logged)."""
+    import subprocess
+    out = {}
+    for d in (ct_src, os.path.dirname(ct_src.rstrip("/")) if ct_src else ""):
+        if d and os.path.isdir(d):
+            try:
+                out["commit"] = subprocess.run(["git", "-C", d, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                               timeout=10).stdout.strip() or None
+            except Exception:  # noqa: BLE001
+                pass
+            for f in ("SNAPSHOT.txt", "../SNAPSHOT.txt"):
+                if os.path.exists(os.path.join(d, f)):
+                    out["snapshot"] = open(os.path.join(d, f)).read().strip()[:300]
+            if out.get("commit") or out.get("snapshot"):
+                break
+    return out
+
+
 def ct_harness(log, case, man, root, device, res, ct):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
-    from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
+    NVFP4PackedCompressor, nv_mod = ct_find("nvfp4", "NVFP4PackedCompressor")
+    MXFP4PackedCompressor, mx_mod = ct_find("mxfp4", "MXFP4PackedCompressor")
+    unpack_fp4_from_uint8, up_mod = ct_find("unpack", "unpack_fp4_from_uint8")
+    log(f"  compressed-tensors: NVFP4PackedCompressor from {nv_mod}, MXFP4PackedCompressor from {mx_mod}, "
+        f"unpack_fp4_from_uint8 from {up_mod}")
     from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
     from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
@@ -432,26 +591,43 @@ def ct_harness(log, case, man, root, device, res, ct):
     fpq_sd = safetensors_dict(os.path.join(root, case["fpq"]), device)
     comp = NVFP4PackedCompressor if fmt == "nvfp4" else MXFP4PackedCompressor
     mods = sorted(k[:-len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
-    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
     from compressed_tensors.quantization.lifecycle.forward import dequantize
     weights, wdiff_lib, wdiff32 = {}, 0.0, 0.0
+    decomp_note = None
+    w_lib = None
     for m in mods:
         local = {k[len(m) + 1:]: v for k, v in sd.items() if k.startswith(m + ".") and "v_input" not in k}
         ref = fpq_sd[m + ".dqweight"].float()  # fp4q's dequantised weight of the same run
-        # compressed-tensors' decompression as transformers runs it (unpacks to bf16 by default)
-        w_lib = comp.decompress(dict(local), None)["weight"]
-        wdiff_lib = max(wdiff_lib, float((w_lib.float() - ref.to(w_lib.dtype).float()).abs().max()))
+        # compressed-tensors' decompression as transformers runs it (unpacks to bf16 by default):
+        # the class method of newer releases, decompress_weight of older ones
+        try:
+            if hasattr(comp, "decompress") and not hasattr(comp, "decompress_weight"):
+                w_lib = comp.decompress(dict(local), None)["weight"]
+            else:
+                w_lib = comp().decompress_weight(compressed_data=dict(local))
+            wdiff_lib = max(wdiff_lib, float((w_lib.float() - ref.to(w_lib.dtype).float()).abs().max()))
+        except Exception as e:  # noqa: BLE001
+            decomp_note = f"{comp.__name__} decompression failed on {m}: {e!r}"
         # the same functions asked for float32 (the fp32 comparison needs unrounded weights)
         packed = local["weight_packed"]
         xq = unpack_fp4_from_uint8(packed, packed.shape[0], 2 * packed.shape[1], dtype=torch.float32)
-        sc = comp._decompress_scale(local["weight_scale"], torch.float32)
+        raw = local["weight_scale"]
+        if hasattr(comp, "_decompress_scale"):
+            sc = comp._decompress_scale(raw, torch.float32)
+        elif raw.dtype == torch.uint8:  # MXFP4 E8M0 exponent bytes
+            sc = torch.exp2(raw.to(torch.float32) - 127)
+        else:
+            sc = raw.to(torch.float32)
         w32 = dequantize(x_q=xq, scale=sc, global_scale=local.get("weight_global_scale"), dtype=torch.float32)
         wdiff32 = max(wdiff32, float((w32 - ref).abs().max()))
         weights[m] = w32
-    log(f"  compressed-tensors: {len(mods)} modules decompressed; max |W_ct - W_fp4q|: as decompress() "
-        f"returns it ({w_lib.dtype}) {wdiff_lib:.3e}, float32 {wdiff32:.3e}")
-    out = {"modules": len(mods), "decompress_dtype": str(w_lib.dtype), "max_abs_weight_diff_vs_fp4q": wdiff_lib,
-           "max_abs_weight_diff_vs_fp4q_f32": wdiff32}
+    if decomp_note:
+        log(f"  compressed-tensors: {decomp_note} (weights from unpack + dequantize below)")
+    log(f"  compressed-tensors: {len(mods)} modules decompressed; max |W_ct - W_fp4q|: as the compressor "
+        f"returns it ({getattr(w_lib, 'dtype', None)}) {wdiff_lib:.3e}, float32 {wdiff32:.3e}")
+    out = {"modules": len(mods), "decompress_dtype": str(getattr(w_lib, "dtype", None)),
+           "decompress_note": decomp_note, "max_abs_weight_diff_vs_fp4q": wdiff_lib,
+           "max_abs_weight_diff_vs_fp4q_f32": wdiff32, "modules_used": [nv_mod, mx_mod, up_mod]}
     tcfg = qc.get("transform_config") or {}
     h = next(iter(tcfg.get("config_groups", {}).values()), {}).get("head_dim", 0) if tcfg else 0
     ia = grp["input_activations"]
@@ -562,6 +738,7 @@ def main(argv=None):
         try:
             ct, shims = import_ct(log, a.ct_src)
             env["compressed_tensors"] = getattr(ct, "__version__", "?") + f" ({ct.__file__})"
+            env["compressed_tensors_source"] = ct_source_id(a.ct_src)
             env["compressed_tensors_shims"] = shims
         except Exception as e:  # noqa: BLE001
             env["compressed_tensors"] = f"not importable: {e!r}"
