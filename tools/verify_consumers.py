@@ -266,8 +266,8 @@ def run_fpq_case(log, case, man, root, device, res):
 def fpq_rule(x, H, gs, fmt):
     """The fp-quant rule of docs/FORMAT.md §13 in torch (reference for the kernels): Triton's float32
     `/` is div.full.f32 = a * RN(1/b) (torch's CUDA 1.0 / b is IEEE, i.e. RN); the float32
-    rotation is tl.dot 'ieee' = a sequential fma over k (each step exact in float64, rounded
-    once); bf16 inputs: exact products summed, rounded once."""
+    rotation is tl.dot 'ieee' = a sequential fma over k (each step summed in float64 and
+    rounded once: the fma, barring a rare double rounding for h >= 32); bf16 inputs: exact products summed, rounded once."""
     import torch
     h = H.shape[0]
     xb = x.reshape(-1, h)
