@@ -11,10 +11,21 @@
 #
 # What runs (background jobs share the GPU; each has its own time limit so the packing at the end
 # always happens inside the call's 600 s):
-#   1. tools/golden_models_moe.py                     -> $OUT/tiny_models_moe.tar.gz     (issue 12)
+#   1. MOE=1: tools/golden_models_moe.py               -> $OUT/tiny_models_moe.tar.gz     (issue 12)
 #   2. fp_quant installed from source, tools/verify_consumers.py on .device/consumers (issue 10)
 #   3. tools/train_eval_model.py (TRAIN_BUDGET s)      -> $OUT/fp4q-llama-23m.tar.partNN, train_log.json
-#   4. tools/fpquant_side_by_side.sh prepare / fpquant (GPU) / fp4q (CPU, THREADS) on that model
+#   4. tools/fpquant_side_by_side.sh prepare (EVAL_MAX_TOKENS, default 65536 per text) / fpquant
+#      (GPU, JOBS cells at once, default 8) / fp4q (CPU: LANES processes x THREADS, default 2 x 7)
+#      on that model, both tools on the same windows and ids
+#
+# Before the call, here: tools/build.sh && tools/device_bundle.sh (the OpenBLAS core fix-up makes
+# the fp4q side 10x faster than the first attempt, which ran OpenBLAS's SSE3 kernels);
+# tools/make_train_corpus.sh && (cd .device/train-corpus && tar -cJf ../train-corpus.tar.xz .);
+# cp /work/shared/data/tinyshakespeare/input.txt .device/run/tinyshakespeare.txt;
+# tools/get_fpquant.sh <FP-Quant git dir>; FP-Quant's inference_lib/ into .ref/fp_quant-inference_lib;
+# compressed-tensors' src/ into .ref/compressed-tensors; tools/make_consumer_exports.sh.
+# Training on the GPU is not bit-reproducible across machines: both tools always score the model
+# trained in the same call (its tar comes back in $OUT; tools/reassemble_model.sh here).
 #   5. everything small in $OUT/results.tar.gz (sbs/: calib.json, eval ids, fp4q.tsv, reports;
 #      fpquant.jsonl/log, consumers.json/log, logs)
 # Cells the fp4q side did not reach in time are finished here: the harness skips cells already in
@@ -30,8 +41,8 @@ mkdir -p /tmp/fp4q-bin && tar -xJf .device/run/fp4q-bin.tar.xz -C /tmp/fp4q-bin
 export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib FP4Q=/tmp/fp4q-bin/fp4q
 "$FP4Q" --version >&2 || { el "fp4q bundle does not run"; ldd "$FP4Q" >&2; }
 
-# 1. MoE goldens
-( timeout 240 python3 tools/golden_models_moe.py --out /tmp/moe > "$log/moe.log" 2>&1; echo "rc=$?" >> "$log/moe.log"
+# 1. MoE goldens (MOE=1; committed under tests/data/tiny_models since 2026-12-03)
+[ "${MOE:-0}" = 1 ] && ( timeout 240 python3 tools/golden_models_moe.py --out /tmp/moe > "$log/moe.log" 2>&1; echo "rc=$?" >> "$log/moe.log"
   cp /tmp/moe/*.tar.gz "$out/" 2>/dev/null ) &
 
 # 2. consumers (fp_quant from source: pip --no-deps --no-index --target; fall back to a plain copy)
@@ -51,17 +62,28 @@ bash tools/reassemble_model.sh "$out" models > "$log/reassemble.log" 2>&1 || el 
 
 # 4. side by side
 if [ -d models/fp4q-llama-23m ]; then
-  CALIB_TEXT=.device/run/tinyshakespeare.txt EVAL_MAX_TOKENS="${EVAL_MAX_TOKENS:-131072}" \
+  CALIB_TEXT=.device/run/tinyshakespeare.txt EVAL_MAX_TOKENS="${EVAL_MAX_TOKENS:-65536}" \
     bash tools/fpquant_side_by_side.sh prepare models/fp4q-llama-23m .device/sbs > "$log/prepare.log" 2>&1
   el "prepare rc=$?"
   left=$(( ${CALL_SECONDS:-560} - ($(date +%s) - t0) - 25 ))
-  ( JOBS="${JOBS:-6}" timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m .device/sbs \
+  ( JOBS="${JOBS:-8}" timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m .device/sbs \
       .ref/FP-Quant "$log" > "$log/fpquant.out" 2>&1; echo "rc=$?" >> "$log/fpquant.out" ) &
   fpq=$!
-  CELLS="${FP4Q_CELLS:-nvfp4-w4a16-mrgptq nvfp4-w4a4-mrgptq mxfp4-w4a16-mrgptq mxfp4-w4a4-mrgptq nvfp4-w4a16-gptq nvfp4-w4a4-gptq mxfp4-w4a16-gptq mxfp4-w4a4-gptq nvfp4-w4a16-rtn nvfp4-w4a4-rtn mxfp4-w4a16-rtn mxfp4-w4a4-rtn nvfp4-w4a16-mrgptq0 nvfp4-w4a4-mrgptq0 mxfp4-w4a16-mrgptq0 mxfp4-w4a4-mrgptq0 nvfp4-w4a16-mrgptqh nvfp4-w4a4-mrgptqh}" \
-    THREADS="${THREADS:-8}" timeout "$left" bash tools/fpquant_side_by_side.sh fp4q models/fp4q-llama-23m .device/sbs \
-    > "$log/fp4q.out" 2>&1
-  el "fp4q side rc=$?"
+  # fp4q side on the CPU cores, in LANES parallel processes of THREADS threads (the first lane
+  # also scores the unquantized model); cells alternate between lanes, most important first.
+  cells="${FP4Q_CELLS:-nvfp4-w4a16-mrgptq nvfp4-w4a4-mrgptq mxfp4-w4a16-mrgptq mxfp4-w4a4-mrgptq nvfp4-w4a16-gptq nvfp4-w4a4-gptq mxfp4-w4a16-gptq mxfp4-w4a4-gptq nvfp4-w4a16-rtn nvfp4-w4a4-rtn mxfp4-w4a16-rtn mxfp4-w4a4-rtn nvfp4-w4a16-mrgptq0 nvfp4-w4a4-mrgptq0 mxfp4-w4a16-mrgptq0 mxfp4-w4a4-mrgptq0 nvfp4-w4a16-mrgptqh nvfp4-w4a4-mrgptqh}"
+  lanes="${LANES:-2}"; lane_pids=()
+  for ((lane = 0; lane < lanes; ++lane)); do
+    mine=""; i=0
+    for c in $cells; do [ $((i % lanes)) -eq "$lane" ] && mine="$mine $c"; i=$((i + 1)); done
+    ( [ "$lane" -gt 0 ] && sleep 2
+      CELLS="$mine" SKIP_UNQUANTIZED=$([ "$lane" -gt 0 ] && echo 1 || echo 0) THREADS="${THREADS:-7}" \
+        timeout "$left" bash tools/fpquant_side_by_side.sh fp4q models/fp4q-llama-23m .device/sbs \
+        > "$log/fp4q-lane$lane.out" 2>&1 ) &
+    lane_pids+=($!)
+  done
+  wait "${lane_pids[@]}"
+  el "fp4q side done"
   wait "$fpq"
   el "fpquant side done"
 fi

@@ -116,7 +116,7 @@ PY
       echo "fp4q $2 $name ppl $ppl" >&2
     done
   }
-  grep -q "^unquantized	" "$tsv" || score "$model" unquantized
+  [ "${SKIP_UNQUANTIZED:-0}" = 1 ] || grep -q "^unquantized	" "$tsv" || score "$model" unquantized
   for cell in ${CELLS:-$(all_cells fp4q)}; do
     case "$cell" in *-fused) continue ;; esac
     grep -q "^$cell	" "$tsv" && continue
