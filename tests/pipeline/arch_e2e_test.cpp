@@ -173,7 +173,10 @@ TEST(MoeE2E, FallbackAllTokensAndW4A4Scales) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("MoE RTN fallback"), std::string::npos);
   EXPECT_NE(r.out.find("4 RTN fallbacks"), std::string::npos) << r.out;
-  for (const auto& t : nlohmann::json::parse(slurp(tmp / "fb.json"))["tensors"]) {
+  // The parsed report must outlive the loop: a range-for over parse(...)["tensors"] keeps only
+  // the element reference alive, not the temporary document (heap-use-after-free under ASan).
+  const auto fb_report = nlohmann::json::parse(slurp(tmp / "fb.json"));
+  for (const auto& t : fb_report["tensors"]) {
     if (!exporter::is_moe_expert_module(t["name"])) continue;
     EXPECT_EQ(t["method"], "rtn") << t["name"];
     EXPECT_NE(t["note"].get<std::string>().find("--moe-min-tokens 100000"), std::string::npos);
@@ -182,7 +185,8 @@ TEST(MoeE2E, FallbackAllTokensAndW4A4Scales) {
   const auto a = run("quantize " + src + " " + (tmp / "all") + calib +
                      " --moe-calib all-tokens --activations fp4 --report " + (tmp / "all.json"));
   ASSERT_EQ(a.code, 0) << a.out;
-  for (const auto& t : nlohmann::json::parse(slurp(tmp / "all.json"))["tensors"])
+  const auto all_report = nlohmann::json::parse(slurp(tmp / "all.json"));
+  for (const auto& t : all_report["tensors"])
     if (exporter::is_moe_expert_module(t["name"])) {
       EXPECT_EQ(t["tokens"], 512) << t["name"];
       EXPECT_EQ(t["method"], "mr-gptq") << t["name"];
