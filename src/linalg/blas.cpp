@@ -115,7 +115,7 @@ std::string better_openblas_core(const std::string& picked, bool avx2_fma, bool 
   };
   // Cores whose SGEMM uses AVX-512 / AVX2+FMA (OpenBLAS's names, lower case).
   const bool picked_avx512 = is({"skylakex", "cooperlake", "sapphirerapids"});
-  const bool picked_avx2 = picked_avx512 || is({"haswell", "zen", "skylakex"});
+  const bool picked_avx2 = picked_avx512 || is({"haswell", "zen"});
   if (avx512 && !picked_avx512) return avx512_bf16 ? "Cooperlake" : "SkylakeX";
   if (avx2_fma && !picked_avx2) return "Haswell";
   return "";

@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fp4q/core/error.h"
+#include "fp4q/core/half.h"
 #include "fp4q/exporter/exporter.h"
 #include "fp4q/exporter/layout.h"
 #include "fp4q/format/format.h"
@@ -98,16 +99,6 @@ std::string dbl(double v) {
   return b;
 }
 
-uint32_t fbits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-float bitsf(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 uint64_t dbits(double d) {
   uint64_t u;
   std::memcpy(&u, &d, 8);
@@ -499,8 +490,8 @@ void Checkpoint::add(const exporter::QuantizedLinear& ql, const TensorRecord& re
   const bool packed = q.cols % 2 == 0;
   json it = {{"name", ql.name}, {"format", static_cast<int>(q.format)}, {"rows", q.rows}, {"cols", q.cols},
              {"groups", q.scales.groups}, {"hadamard", ql.hadamard},
-             {"input_global_scale_bits", fbits(ql.input_global_scale)},
-             {"global_scale_bits", fbits(q.scales.global_scale)}, {"fit_beta", q.scales.fit_beta},
+             {"input_global_scale_bits", float_to_bits(ql.input_global_scale)},
+             {"global_scale_bits", float_to_bits(q.scales.global_scale)}, {"fit_beta", q.scales.fit_beta},
              {"fit_steps", q.scales.fit_steps}, {"packed", packed}, {"offset", cur_off_},
              {"record", record_json(rec)}};
   const size_t ns = q.scales.codes.size();
@@ -584,7 +575,7 @@ void Checkpoint::replay_layer(int l, const std::function<void(exporter::Quantize
       exporter::QuantizedLinear ql;
       ql.name = it.at("name").get<std::string>();
       ql.hadamard = it.at("hadamard").get<int>();
-      ql.input_global_scale = bitsf(it.at("input_global_scale_bits").get<uint32_t>());
+      ql.input_global_scale = bits_to_float(it.at("input_global_scale_bits").get<uint32_t>());
       auto& q = ql.q;
       q.format = static_cast<format::FormatId>(it.at("format").get<int>());
       q.rows = it.at("rows").get<int64_t>();
@@ -592,7 +583,7 @@ void Checkpoint::replay_layer(int l, const std::function<void(exporter::Quantize
       q.scales.format = q.format;
       q.scales.rows = q.rows;
       q.scales.groups = it.at("groups").get<int64_t>();
-      q.scales.global_scale = bitsf(it.at("global_scale_bits").get<uint32_t>());
+      q.scales.global_scale = bits_to_float(it.at("global_scale_bits").get<uint32_t>());
       q.scales.fit_beta = it.at("fit_beta").get<int>();
       q.scales.fit_steps = it.at("fit_steps").get<int>();
       const bool packed = it.at("packed").get<bool>();

@@ -40,15 +40,8 @@ Result fp4q(const std::string& args, const std::string& kill_at = "", int fsize_
   if (fsize_kib > 0) cmd += "ulimit -f " + std::to_string(fsize_kib) + "; ";
   if (!kill_at.empty()) cmd += "FP4Q_TEST_KILL_AT=" + kill_at + " ";
   cmd += std::string("exec ") + FP4Q_BINARY + " " + args + " 2>&1";
-  const std::string full = "bash -c '" + cmd + "'";
-  Result r;
-  FILE* p = popen(full.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.log.append(buf, n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  fp4q_test::Run run = fp4q_test::run_command("bash -c '" + cmd + "'");
+  return {run.code, std::move(run.out)};
 }
 
 std::string slurp(const fs::path& p) {

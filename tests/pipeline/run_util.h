@@ -18,9 +18,9 @@ struct Run {
 
 // Runs `fp4q ARGS`. merge_stderr: stderr goes to `out`; otherwise it is captured into `err`
 // through a file in `scratch`.
-inline Run run_fp4q(const std::string& args, bool merge_stderr = true, const std::string& scratch = "/tmp") {
-  const std::string err_path = scratch + "/stderr.txt";
-  const std::string cmd = std::string(FP4Q_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>" + err_path);
+// Runs a shell command line: its stdout in `out`, its exit status in `code` (-1 when it did not
+// exit normally; a shell reports a killed child as 128 + signal).
+inline Run run_command(const std::string& cmd) {
   Run r;
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
@@ -28,8 +28,16 @@ inline Run run_fp4q(const std::string& args, bool merge_stderr = true, const std
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
   const int st = pclose(p);
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+inline Run run_fp4q(const std::string& args, bool merge_stderr = true, const std::string& scratch = "/tmp") {
+  const std::string err_path = scratch + "/stderr.txt";
+  Run r = run_command(std::string(FP4Q_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>" + err_path));
   if (!merge_stderr) {
     if (FILE* e = fopen(err_path.c_str(), "rb")) {
+      char buf[4096];
+      size_t n;
       while ((n = fread(buf, 1, sizeof buf, e)) > 0) r.err.append(buf, n);
       fclose(e);
     }
