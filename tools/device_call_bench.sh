@@ -9,6 +9,7 @@ set -u
 final="${1:?usage: tools/device_call_bench.sh OUT}"
 out=/tmp/bench-out; mkdir -p "$out"       # packed into $OUT/bench.tar.gz at the end (8-file limit)
 deadline=$(( $(date +%s) + ${TOTAL_S:-440} ))
+. "$(dirname "$0")/device_gpu_jobs.sh"
 mkdir -p /tmp/fp4q-bin && tar -xJf .device/run/fp4q-bin.tar.xz -C /tmp/fp4q-bin
 export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib
 fp4q=/tmp/fp4q-bin/fp4q
@@ -29,13 +30,8 @@ b() {  # $1 = tag, $2 = seconds, rest = bench args
   # WITH_GPU_JOBS=1: the GPU jobs of tools/device_call_quality.sh (MoE goldens, real-consumer
   # verification) run beside the 1-thread bench, which leaves 15 cores idle anyway.
   if [ "${WITH_GPU_JOBS:-0}" = 1 ]; then
-    ( timeout 150 python3 tools/golden_models_moe.py --out /tmp/moe > "$out/moe.log" 2>&1; echo "rc=$?" >> "$out/moe.log"
-      cp /tmp/moe/*.tar.gz "$final/" ) &
-    ( (python3 -m pip install -q --no-deps --no-index --no-build-isolation --target /tmp/site .ref/fp_quant-inference_lib/inference_lib \
-         || { mkdir -p /tmp/site/fp_quant-0.3.2.dist-info && cp -r .ref/fp_quant-inference_lib/inference_lib/src/fp_quant /tmp/site/ \
-              && printf 'Metadata-Version: 2.1\nName: fp_quant\nVersion: 0.3.2\n' > /tmp/site/fp_quant-0.3.2.dist-info/METADATA; }) > /dev/null 2>&1
-      PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 220 python3 tools/verify_consumers.py --root .device/consumers/stories260K \
-         --ct-src .ref/compressed-tensors/src --out "$out/consumers.json" --log "$out/consumers_log.txt" > /dev/null 2>&1 ) &
+    device_moe_goldens "$out" "$final" 150 &
+    device_verify_consumers "$out" 220 &
   fi
   b llama3-8b-s2-t1 "${S1_S:-200}" --shape llama3-8b --samples 2 --seqlen 2048 --threads 1
   wait

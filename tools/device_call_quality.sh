@@ -36,22 +36,17 @@ export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 el() { echo "[$(( $(date +%s) - t0 )) s] $*" >&2; }
 log="$out/logs"; mkdir -p "$log"
+. "$(dirname "$0")/device_gpu_jobs.sh"
 
 mkdir -p /tmp/fp4q-bin && tar -xJf .device/run/fp4q-bin.tar.xz -C /tmp/fp4q-bin
 export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib FP4Q=/tmp/fp4q-bin/fp4q
 "$FP4Q" --version >&2 || { el "fp4q bundle does not run"; ldd "$FP4Q" >&2; }
 
 # 1. MoE goldens (MOE=1; committed under tests/data/tiny_models since 2026-12-03)
-[ "${MOE:-0}" = 1 ] && ( timeout 240 python3 tools/golden_models_moe.py --out /tmp/moe > "$log/moe.log" 2>&1; echo "rc=$?" >> "$log/moe.log"
-  cp /tmp/moe/*.tar.gz "$out/" 2>/dev/null ) &
+[ "${MOE:-0}" = 1 ] && device_moe_goldens "$log" "$out" 240 &
 
 # 2. consumers (fp_quant from source: pip --no-deps --no-index --target; fall back to a plain copy)
-( (python3 -m pip install -q --no-deps --no-index --no-build-isolation --target /tmp/site .ref/fp_quant-inference_lib/inference_lib \
-     || { mkdir -p /tmp/site/fp_quant-0.3.2.dist-info && cp -r .ref/fp_quant-inference_lib/inference_lib/src/fp_quant /tmp/site/ \
-          && printf 'Metadata-Version: 2.1\nName: fp_quant\nVersion: 0.3.2\n' > /tmp/site/fp_quant-0.3.2.dist-info/METADATA; }) > "$log/pip.log" 2>&1
-  PYTHONPATH=/tmp/site timeout 420 python3 tools/verify_consumers.py --root .device/consumers/stories260K \
-     --ct-src .ref/compressed-tensors/src --out "$log/consumers.json" --log "$log/consumers_log.txt" > "$log/consumers.out" 2>&1
-  echo "rc=$?" >> "$log/consumers.out" ) &
+device_verify_consumers "$log" 420 &
 
 # 3. the evaluation model
 mkdir -p .device/train-corpus && tar -xJf .device/train-corpus.tar.xz -C .device/train-corpus
