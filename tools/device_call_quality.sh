@@ -61,7 +61,10 @@ if [ -d models/fp4q-llama-23m ]; then
     bash tools/fpquant_side_by_side.sh prepare models/fp4q-llama-23m .device/sbs > "$log/prepare.log" 2>&1
   el "prepare rc=$?"
   left=$(( ${CALL_SECONDS:-560} - ($(date +%s) - t0) - 25 ))
-  ( JOBS="${JOBS:-8}" timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m .device/sbs \
+  # FP-Quant cells most important first (the time limit may cut the tail): MR-GPTQ of every
+  # format/activation pair, then GPTQ, the fused-global-scale variants, RTN, no-rotation ablation.
+  fpq_cells="${FPQ_CELLS:-nvfp4-w4a16-mrgptq nvfp4-w4a4-mrgptq mxfp4-w4a16-mrgptq mxfp4-w4a4-mrgptq nvfp4-w4a16-gptq nvfp4-w4a4-gptq mxfp4-w4a16-gptq mxfp4-w4a4-gptq nvfp4-w4a16-mrgptq-fused nvfp4-w4a4-mrgptq-fused nvfp4-w4a16-rtn nvfp4-w4a4-rtn mxfp4-w4a16-rtn mxfp4-w4a4-rtn nvfp4-w4a16-gptq-fused nvfp4-w4a4-gptq-fused nvfp4-w4a16-mrgptq0 nvfp4-w4a4-mrgptq0 mxfp4-w4a16-mrgptq0 mxfp4-w4a4-mrgptq0}"
+  ( CELLS="$fpq_cells" JOBS="${JOBS:-8}" timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m .device/sbs \
       .ref/FP-Quant "$log" > "$log/fpquant.out" 2>&1; echo "rc=$?" >> "$log/fpquant.out" ) &
   fpq=$!
   # fp4q side on the CPU cores, in LANES parallel processes of THREADS threads (the first lane
