@@ -4,7 +4,7 @@
 #
 #   bash tools/device_call_fuzz.sh "$OUT"
 #
-# carry: .device/fuzz (tools/device_fuzz_bundle.sh: the ASan+UBSan libFuzzer binaries of
+# carry: .device/fuzz/fuzz-bin.tar.xz, .device/fuzz/corpus.tar.xz (tools/device_fuzz_bundle.sh: the ASan+UBSan libFuzzer binaries of
 #        build-fuzz/, linalg_test and fp4q of build/, and the shared libraries ldd lists).
 # Seeds and dictionaries come with the work tree (tests/fuzz/seeds, tests/fuzz/dicts).
 #
@@ -15,14 +15,15 @@
 #    Same flags as tools/fuzz.sh (max_len per target, -timeout=10, -rss_limit_mb=2048,
 #    -malloc_limit_mb=512, leaks on).
 # Writes $OUT/fuzz.tar.gz: logs/<target>.log (libFuzzer's output, with its final fork-mode line
-# "#N: cov: ... exec/s ..."), artifacts/<target>/ (findings), corpus/<target>/ (grown corpora, so a
-# later run here continues them), bf16.log, machine.txt.
+# "#N: cov: ... exec/s ..."), artifacts/<target>/ (findings), and $OUT/corpus.tar.xz (the grown
+# corpora; unpack into build-fuzz/corpus to continue them here), bf16.log, machine.txt.
 set -u
 final="${1:?usage: tools/device_call_fuzz.sh OUT}"
 fuzz_s="${FUZZ_S:-480}"
-cores="${CORES:-ids:1 hessian:2 safetensors:2 config:2 index:3 tokenize:2 tokenizer:1 model_dir:1 importer:2}"
-w=/tmp/fuzzw; mkdir -p "$w/bin" "$w/logs"
+cores="${CORES:-ids:1 hessian:1 safetensors:2 config:2 index:2 tokenize:2 tokenizer:2 model_dir:2 importer:2}"
+root="$PWD"; w=/tmp/fuzzw; mkdir -p "$w/bin" "$w/logs"
 tar -xJf .device/fuzz/fuzz-bin.tar.xz -C "$w/bin"
+mkdir -p "$w/corpus"; [ -f .device/fuzz/corpus.tar.xz ] && tar -xJf .device/fuzz/corpus.tar.xz -C "$w/corpus"
 export LD_LIBRARY_PATH="$w/bin/lib"
 { lscpu; nproc; free -g; cat "$w/bin/COMMIT"; } > "$w/machine.txt" 2>&1
 
@@ -32,6 +33,7 @@ export LD_LIBRARY_PATH="$w/bin/lib"
   timeout 60 "$w/bin/linalg_test" --gtest_filter='Bf16*:*bf16*:*Bf16*'; echo "linalg_test rc=$?"
   timeout 60 "$w/bin/fp4q" bench --shape tiny --threads 16 --compute bf16; echo "bench bf16 rc=$?"
   timeout 60 "$w/bin/fp4q" bench --shape tiny --threads 16; echo "bench fp32 rc=$?"
+  timeout 60 "$w/bin/bench_bf16_gemm" --benchmark_min_time=0.1; echo "bench_bf16_gemm rc=$?"
 } > "$w/bf16.log" 2>&1
 
 # 2. fuzzers
@@ -48,9 +50,8 @@ for tk in $cores; do
     importer|model_dir) max_len=131072 ;;
   esac
   mkdir -p "$w/corpus/$t" "$w/artifacts/$t"
-  [ -d ".device/fuzz/corpus/$t" ] && cp -r ".device/fuzz/corpus/$t/." "$w/corpus/$t/"
-  dict=(); [ -f "tests/fuzz/dicts/$t.dict" ] && dict=(-dict="tests/fuzz/dicts/$t.dict")
-  ( cd "$w" && timeout $((fuzz_s + 40)) "$w/bin/${t}_fuzz" "corpus/$t" "$OLDPWD/tests/fuzz/seeds/$t" \
+  dict=(); [ -f "tests/fuzz/dicts/$t.dict" ] && dict=(-dict="$root/tests/fuzz/dicts/$t.dict")
+  ( cd "$w" && timeout $((fuzz_s + 40)) "$w/bin/${t}_fuzz" "corpus/$t" "$root/tests/fuzz/seeds/$t" \
       -fork="$k" -max_total_time="$fuzz_s" -max_len="$max_len" -timeout=10 \
       -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 \
       -artifact_prefix="artifacts/$t/" "${dict[@]}" > "logs/$t.log" 2>&1
@@ -60,5 +61,6 @@ done
 wait "${pids[@]}"
 for t in $(ls "$w/logs"); do echo "== $t"; grep -E '^#[0-9]+' "$w/logs/$t" | tail -1; tail -1 "$w/logs/$t"; done
 rm -rf "$w/bin"
+tar -cJf "$final/corpus.tar.xz" -C "$w/corpus" . && rm -rf "$w/corpus"
 tar -czf "$final/fuzz.tar.gz" -C "$w" .
 ls -la "$final"

@@ -4,7 +4,7 @@
 # `tools/fuzz.sh TARGET 0` or `cmake --build build-fuzz --target <t>_fuzz`), linalg_test,
 # bench_bf16_gemm and fp4q of the Release build/ (tools/build.sh), and the shared libraries ldd
 # lists for them (except the C runtime). Corpora grown here (build-fuzz/corpus/) go along in
-# .device/fuzz/corpus so the device run continues them.
+# .device/fuzz/corpus.tar.xz so the device run continues them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 fb="${FUZZ_BUILD:-$here/build-fuzz}"
@@ -27,5 +27,5 @@ done
 git -C "$here" rev-parse HEAD > "$tmp/COMMIT"
 strip --strip-debug "$tmp"/*_fuzz 2>/dev/null || true
 tar -cJf "$dest/fuzz-bin.tar.xz" -C "$tmp" .
-if [ -d "$fb/corpus" ]; then rm -rf "$dest/corpus"; cp -r "$fb/corpus" "$dest/corpus"; fi
+if [ -d "$fb/corpus" ]; then tar -cJf "$dest/corpus.tar.xz" -C "$fb/corpus" .; fi
 ls -la "$dest"; tar -tJf "$dest/fuzz-bin.tar.xz"; du -sh "$dest"
