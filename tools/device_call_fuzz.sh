@@ -36,6 +36,14 @@ export LD_LIBRARY_PATH="$w/bin/lib"
   timeout 60 "$w/bin/bench_bf16_gemm" --benchmark_min_time=0.1; echo "bench_bf16_gemm rc=$?"
 } > "$w/bf16.log" 2>&1
 
+# WITH_CONSUMERS=1 (carry .device/consumers and .ref too): issue 10's real-library verification on
+# the GPU beside the fuzzers (tools/device_gpu_jobs.sh), logs in $OUT/consumers.tar.gz.
+if [ "${WITH_CONSUMERS:-0}" = 1 ]; then
+  . tools/device_gpu_jobs.sh
+  mkdir -p /tmp/cons
+  ( device_verify_consumers /tmp/cons "${CONSUMERS_S:-420}"; tar -czf "$final/consumers.tar.gz" -C /tmp/cons . ) &
+fi
+
 # 2. fuzzers
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:allocator_may_return_null=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -59,6 +67,7 @@ for tk in $cores; do
   pids+=($!)
 done
 wait "${pids[@]}"
+wait
 for t in $(ls "$w/logs"); do echo "== $t"; grep -E '^#[0-9]+' "$w/logs/$t" | tail -1; tail -1 "$w/logs/$t"; done
 rm -rf "$w/bin"
 tar -cJf "$final/corpus.tar.xz" -C "$w/corpus" . && rm -rf "$w/corpus"

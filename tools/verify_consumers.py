@@ -147,6 +147,16 @@ def perplexity(model, ids, seqlen, device):
     return math.exp(total / tokens), total / tokens, tokens
 
 
+def repeat_check(log, model, ids, seqlen, device, ppl, tag):
+    """The library's own run-to-run reproducibility: the same perplexity computed again in the same
+    process. A W4A4 model amplifies any nondeterministic last bit (a flipped FP4 rounding), so a
+    difference here bounds how closely any emulation can match the library."""
+    again, _, _ = perplexity(model, ids, seqlen, device)
+    r = {"ppl_first": ppl, "ppl_again": again, "rel": (again - ppl) / ppl}
+    log(f"  library repeat {tag}: ppl {ppl:.6f} then {again:.6f} ({100 * r['rel']:+.5f} %)")
+    return r
+
+
 def compare(log, tag, logits, ppl, pred, vocab, root, target_rel_l2, target_ppl):
     """logits/ppl from the library vs fp4q's prediction entry {logits, ppl}."""
     ref = read_logits(os.path.join(root, pred["logits"]), vocab)
@@ -235,6 +245,7 @@ def run_fpq_case(log, case, man, root, device, res):
     out = {"info": info}
     lg = model_logits(model, lg_ids, device)
     ppl, nll, tok = perplexity(model, ppl_ids, man["seqlen"], device)
+    out["bf16_repeat"] = repeat_check(log, model, ppl_ids, man["seqlen"], device, ppl, "bf16")
     out["bf16"] = compare(log, "fp_quant bf16 vs fp4q fp-quant bf16", lg, ppl, case["fp4q"]["fp-quant"]["bf16"],
                           vocab, root, None, TARGETS["bf16_ppl_rel"])
     try:
@@ -250,6 +261,7 @@ def run_fpq_case(log, case, man, root, device, res):
         f"{float(m0.act_global_scale[0])!r}, H[0,0] {float(m0.forward_hadamard_matrix[0, 0])!r}")
     lg = model_logits(model, lg_ids, device)
     ppl, nll, tok = perplexity(model, ppl_ids, man["seqlen"], device)
+    out["f32_repeat"] = repeat_check(log, model, ppl_ids, man["seqlen"], device, ppl, "fp32")
     out["f32"] = compare(log, "fp_quant fp32 vs fp4q fp-quant f32", lg, ppl, case["fp4q"]["fp-quant"]["f32"],
                          vocab, root, TARGETS["f32_rel_l2"], TARGETS["f32_ppl_rel"])
     try:
