@@ -117,6 +117,14 @@ def parse_args(argv):
     p.add_argument("--tag", default="", help="name of this cell in the results")
     p.add_argument("--hessian", choices=["auto", "triton", "torch"], default="auto",
                    help="FP-Quant's Triton Hessian kernel (auto: when triton imports) or H += XᵀX in torch fp32")
+    p.add_argument("--fix-inplace-hessian", action="store_true",
+                   help="give GPTQ.update a copy of the layer input. FP-Quant's update() does "
+                        "input.reshape(...).float().mul_(sqrt(alpha)): for a float32 model .float() is no copy, so "
+                        "the in-place scaling changes the hidden states that the next Linear of the same input "
+                        "(k after q, v after k, up after gate) then sees, during the Hessian pass only. "
+                        "k's Hessian then weights sequence i by alpha_i, v's by alpha_i^2 (alpha_i = 2/i), and the "
+                        "attention/MLP outputs of that pass (inputs of o_proj, down_proj) are wrong. bf16 models "
+                        "are not affected (.float() copies)")
     p.add_argument("--self-test", action="store_true", help="test the readers (no torch needed) and exit")
     a = p.parse_args(ours)
     if not a.self_test:
@@ -282,6 +290,14 @@ def main(argv):
         return [torch.tensor([w], dtype=torch.long) for w in windows]
     mq.get_data = get_data
     mq.get_wikitext2 = lambda tokenizer, seqlen: []
+
+    if a.fix_inplace_hessian:
+        orig_update = gptq_mod.GPTQ.update
+
+        def update_on_copy(self, input):
+            return orig_update(self, input.clone())
+        gptq_mod.GPTQ.update = update_on_copy
+        log["fix_inplace_hessian"] = True
 
     orig_quantize = gptq_mod.GPTQ.quantize
 

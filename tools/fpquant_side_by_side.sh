@@ -29,6 +29,10 @@
 #   mrgptq : --gptq --w_observer mse --quantization_order activation --transform_class hadamard
 #            --hadamard_group_size 16 (nvfp) / 32 (mxfp)
 #   mrgptq0: mrgptq without the rotation (--transform_class identity), isolating the rotation
+# FP-Quant cells also take the suffixes -fix (tools/fpquant_shim.py --fix-inplace-hessian: FP-Quant's
+# GPTQ.update scales the layer input in place, which for a float32 model corrupts the Hessians of k, v,
+# up and everything after them in the block; see docs/issue9-notes.md) and -bf16 (--dtype bfloat16,
+# FP-Quant's own default for a bf16 checkpoint, where the bug does not occur); e.g. nvfp4-w4a4-mrgptq-fused-fix.
 #   mrgptqh: fp4q only: mr-gptq --scales mse-hess (diag(H)-weighted MSE scales, the issue-9 candidate)
 # fp4q: --method rtn | gptq | mr-gptq with its defaults (gptq: absmax, no rotation, static
 # act-order; mr-gptq: rotation 16/32, MSE scales, static act-order; mrgptq0: mr-gptq --hadamard 0).
@@ -142,12 +146,16 @@ fpquant)
   evals=""
   for ev in "$work"/eval-*.json; do name="$(basename "$ev" .json)"; evals="$evals --eval ${name#eval-}=$ev"; done
   run_cell() {  # $1 = cell name (or "unquantized")
-    local cell="$1" args
-    args="--model_name_or_path $model --dataset_name_or_path fp4q-windows --sequence_length $t --num_sequences $n --dtype $fpq_dtype --seed 42 --eval_perplexity"
-    if [ "$cell" = unquantized ]; then
+    local cell="$1" args shimflags="" dt="$fpq_dtype" base="$1" opt
+    # suffixes: -fused (--fuse_global_scale), -fix (shim --fix-inplace-hessian), -bf16 (--dtype bfloat16)
+    case "$cell" in *-fix*) shimflags="--fix-inplace-hessian" ;; esac
+    case "$cell" in *-bf16*) dt=bfloat16 ;; esac
+    base="${cell%-fix}"; base="${base%-bf16}"; base="${base%-fix}"
+    args="--model_name_or_path $model --dataset_name_or_path fp4q-windows --sequence_length $t --num_sequences $n --dtype $dt --seed 42 --eval_perplexity"
+    if [ "$base" = unquantized ]; then
       args="$args --w_bits 16 --a_bits 16"
     else
-      IFS=- read -r fmt a m fused <<<"$cell"
+      IFS=- read -r fmt a m fused <<<"$base"
       local f=$([ "$fmt" = nvfp4 ] && echo nvfp || echo mxfp) g=$([ "$fmt" = nvfp4 ] && echo 16 || echo 32)
       args="$args --format $f --w_bits 4 --a_bits $([ "$a" = w4a4 ] && echo 4 || echo 16)"
       case "$m" in
@@ -159,7 +167,7 @@ fpquant)
       [ "${fused:-}" = fused ] && args="$args --fuse_global_scale"
     fi
     # shellcheck disable=SC2086
-    "$py" "$here/tools/fpquant_shim.py" --fpquant "$fpq" --calib-windows "$work/calib.json" $evals \
+    "$py" "$here/tools/fpquant_shim.py" --fpquant "$fpq" --calib-windows "$work/calib.json" $evals $shimflags \
       --eval-seqlen "$eval_seqlen" --results "$tmp/$cell.jsonl" --tag "$cell" -- $args > "$tmp/$cell.log" 2>&1 \
       && echo "fpquant $cell ok" >&2 || echo "fpquant $cell FAILED (see fpquant.log)" >&2
     # Each finished cell lands in OUTDIR at once (a time limit that cuts the run keeps the rest).
@@ -167,7 +175,7 @@ fpquant)
       { echo "==== $cell"; tail -n 200 "$tmp/$cell.log"; } >> "$outdir/fpquant.log"; } 9> "$outdir/.lock"
   }
   export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals outdir
-  cells="unquantized ${CELLS:-$(all_cells fpquant)}"
+  cells="${UNQUANTIZED_CELLS:-unquantized} ${CELLS:-$(all_cells fpquant)}"
   start=$(date +%s)
   printf '%s\n' $cells | xargs -P "$jobs" -I{} bash -c 'run_cell {}'
   rm -f "$outdir/.lock"
