@@ -587,7 +587,11 @@ ModelFiles ModelFiles::open(const std::string& path) {
 
   for (auto& [shard, names] : by_shard) {
     const std::string spath = (idx_dir / shard).string();
-    if (!fs::exists(spath)) {
+    // error_code overload: a shard name the file system rejects (too long, ...) is a missing shard,
+    // not a filesystem_error escaping as an internal error (fuzz finding
+    // tests/data/fuzz_regressions/index/shard_name_too_long).
+    std::error_code sec;
+    if (!fs::exists(spath, sec)) {
       throw Error(ErrorKind::kInput,
                   "index maps tensor '" + names.front() + "'" +
                       (names.size() > 1 ? " (and " + std::to_string(names.size() - 1) + " more)"

@@ -380,13 +380,15 @@ std::vector<int32_t> parse_ids(const json& j, const char* key, const std::string
   std::vector<int32_t> out;
   if (!present(j, key)) return out;
   const json& v = j.at(key);
+  auto id = [&](const json& e) {  // token ids are non-negative int32 (no silent wrap-around)
+    if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > INT32_MAX)
+      bad(where, key, "expected token ids (integers 0..2^31-1), got " + v.dump());
+    return static_cast<int32_t>(e.get<int64_t>());
+  };
   if (v.is_number_integer()) {
-    out.push_back(v.get<int32_t>());
+    out.push_back(id(v));
   } else if (v.is_array()) {
-    for (const auto& e : v) {
-      if (!e.is_number_integer()) bad(where, key, "expected integers, got " + v.dump());
-      out.push_back(e.get<int32_t>());
-    }
+    for (const auto& e : v) out.push_back(id(e));
   } else {
     bad(where, key, "expected an integer or a list of integers, got " + v.dump());
   }
@@ -432,9 +434,19 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where, bool
 
   c.hidden = get_int(j, "hidden_size", where, true);
   c.intermediate = get_int(j, "intermediate_size", where, true);
-  c.n_layers = static_cast<int>(get_int(j, "num_hidden_layers", where, true));
-  c.n_heads = static_cast<int>(get_int(j, "num_attention_heads", where, true));
-  c.n_kv_heads = static_cast<int>(get_int(j, "num_key_value_heads", where, false, c.n_heads));
+  // Counts become int and size per-layer / per-head tables: an absurd value in a small hostile
+  // config.json must be an input error, not a multi-GB allocation or a silent int truncation
+  // (fuzz finding tests/data/fuzz_regressions/config/num_hidden_layers_huge_allocates_gigabytes).
+  auto count = [&](const char* field, bool required, int64_t dflt, int64_t limit) {
+    const int64_t v = get_int(j, field, where, required, dflt);
+    if (v > limit)
+      bad(where, field, "implausibly large: " + std::to_string(v) + " (fp4q accepts at most " +
+                            std::to_string(limit) + ")");
+    return static_cast<int>(v);
+  };
+  c.n_layers = count("num_hidden_layers", true, 0, 1 << 16);
+  c.n_heads = count("num_attention_heads", true, 0, 1 << 20);
+  c.n_kv_heads = count("num_key_value_heads", false, c.n_heads, 1 << 20);
   c.vocab = get_int(j, "vocab_size", where, true);
   if (c.hidden <= 0) bad(where, "hidden_size", "must be > 0");
   if (c.intermediate <= 0) bad(where, "intermediate_size", "must be > 0");

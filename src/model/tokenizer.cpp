@@ -1680,7 +1680,16 @@ class Loader {
         auto it = specials.find(name);
         std::vector<int32_t> ids;
         if (it != specials.end() && it->contains("ids")) {
-          for (const auto& v : (*it)["ids"]) ids.push_back(v.get<int32_t>());
+          // A special token's ids must be token ids: a float or out-of-range number is an input
+          // error, not an undefined float->int conversion (fuzz finding
+          // tests/data/fuzz_regressions/tokenizer/post_processor_special_id_huge_float).
+          const json& arr = (*it)["ids"];
+          if (!arr.is_array()) bad(field + ".special_tokens", q_(name) + ".ids must be a list, got " + arr.dump());
+          for (const auto& v : arr) {
+            if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+              bad(field + ".special_tokens", q_(name) + ".ids has " + v.dump() + ", not a token id");
+            ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
+          }
         } else {
           const int32_t id = token_id(name);
           if (id < 0) bad(field + ".special_tokens", "template token " + q_(name) + " is unknown");
