@@ -1735,6 +1735,13 @@ class Loader {
     int32_t vmax = static_cast<int32_t>(impl_.vocab_r.size()) - 1;
     for (const auto& t : impl_.added) vmax = std::max(vmax, t.id);
     impl_.vocab_size = vmax + 1;
+    // The post_processor's template ids are emitted as model inputs: each must be a token of this
+    // vocabulary (fuzz finding tests/data/fuzz_regressions/tokenizer/template_id_outside_vocab).
+    for (const auto* ids : {&impl_.prefix, &impl_.suffix})
+      for (int32_t id : *ids)
+        if (id < 0 || id >= impl_.vocab_size)
+          bad("post_processor", "special-token id " + std::to_string(id) + " is outside the vocabulary (" +
+                                    std::to_string(impl_.vocab_size) + " tokens)");
   }
 
   // tokenizer_config.json: bos/eos tokens, add_bos_token / add_eos_token.
