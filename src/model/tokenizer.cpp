@@ -1529,6 +1529,12 @@ class Loader {
       m.vocab[it.key()] = id;
       max_id = std::max(max_id, id);
     }
+    // Real vocabularies number their tokens 0..N-1; a sparse id far beyond the entry count would
+    // size the id->token table in gigabytes (fuzz finding
+    // tests/data/fuzz_regressions/tokenizer/vocab_id_sparse_allocates_gigabytes).
+    if (static_cast<int64_t>(max_id) >= 2 * static_cast<int64_t>(m.vocab.size()) + (1 << 16))
+      bad(field + ".vocab", "token ids are not dense: largest id " + std::to_string(max_id) + " for " +
+                                std::to_string(m.vocab.size()) + " tokens");
     impl_.vocab_r.assign(static_cast<size_t>(max_id) + 1, std::string());
     for (const auto& [tok, id] : m.vocab) impl_.vocab_r[id] = tok;
     m.small_char_ids.assign(1024, -1);
