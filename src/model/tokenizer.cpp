@@ -161,6 +161,12 @@ bool is_white_space(uint32_t c) {
          c == 0x205F || c == 0x3000;
 }
 
+// A JSON value usable as a token id: an integer in 0..INT32_MAX (a float, a negative or a too
+// large number is not, and must never reach a float->int or int64->int32 conversion).
+bool is_token_id(const json& v) {
+  return v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX;
+}
+
 // Writes `s` into `what` as a JSON-ish quoted string for messages (at most 60 bytes).
 std::string q_(const std::string& s) {
   std::string q = s.size() > 60 ? s.substr(0, 60) + "..." : s;
@@ -1522,8 +1528,7 @@ class Loader {
     m.vocab.reserve(vocab.size() * 2);
     int32_t max_id = -1;
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-          it.value().get<int64_t>() > INT32_MAX)
+      if (!is_token_id(it.value()))
         bad(field + ".vocab", "id of token " + q_(it.key()) + " is not a non-negative int32");
       const int32_t id = static_cast<int32_t>(it.value().get<int64_t>());
       m.vocab[it.key()] = id;
@@ -1613,8 +1618,7 @@ class Loader {
       const std::string field = "added_tokens[" + std::to_string(i) + "]";
       AddedToken t;
       t.content = str(e, "content", field, {}, true);
-      if (!e.contains("id") || !e["id"].is_number_integer() || e["id"].get<int64_t>() < 0 ||
-          e["id"].get<int64_t>() > INT32_MAX)
+      if (!e.contains("id") || !is_token_id(e["id"]))
         bad(field, "missing or invalid 'id'");
       t.id = static_cast<int32_t>(e["id"].get<int64_t>());
       t.special = boolean(e, "special", field, false);
@@ -1692,7 +1696,7 @@ class Loader {
           const json& arr = (*it)["ids"];
           if (!arr.is_array()) bad(field + ".special_tokens", q_(name) + ".ids must be a list, got " + arr.dump());
           for (const auto& v : arr) {
-            if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+            if (!is_token_id(v))
               bad(field + ".special_tokens", q_(name) + ".ids has " + v.dump() + ", not a token id");
             ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
           }
