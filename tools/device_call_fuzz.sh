@@ -12,8 +12,7 @@
 #    one `fp4q bench --compute bf16` tiny run, before the fuzzers take the cores.
 # 2. Every target in libFuzzer's fork mode (-fork=K: K child processes, executions summed) for
 #    FUZZ_S seconds; K per target from CORES ("target:K ..."), slow parsers get more cores.
-#    Same flags as tools/fuzz.sh (max_len per target, -timeout=10, -rss_limit_mb=2048,
-#    -malloc_limit_mb=512, leaks on).
+#    Same flags and sanitizer settings as tools/fuzz.sh (tools/fuzz_common.sh).
 # Writes $OUT/fuzz.tar.gz: logs/<target>.log (libFuzzer's output, with its final fork-mode line
 # "#N: cov: ... exec/s ..."), artifacts/<target>/ (findings), and $OUT/corpus.tar.xz (the grown
 # corpora; unpack into build-fuzz/corpus to continue them here), bf16.log, machine.txt.
@@ -44,30 +43,18 @@ if [ "${WITH_CONSUMERS:-0}" = 1 ]; then
   ( device_verify_consumers /tmp/cons "${CONSUMERS_S:-420}"; tar -czf "$final/consumers.tar.gz" -C /tmp/cons . ) &
 fi
 
-# 2. fuzzers
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:allocator_may_return_null=0"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-pids=()
+# 2. fuzzers (the rules of tools/fuzz.sh: tools/fuzz_common.sh)
+. tools/fuzz_common.sh
+fuzz_env
 for tk in $cores; do
   t="${tk%%:*}"; k="${tk##*:}"
-  case "$t" in
-    ids|config|index) max_len=16384 ;;
-    safetensors|hessian) max_len=65536 ;;
-    tokenizer|tokenize) max_len=32768 ;;
-    importer|model_dir) max_len=131072 ;;
-  esac
   mkdir -p "$w/corpus/$t" "$w/artifacts/$t"
-  dict=(); [ -f "tests/fuzz/dicts/$t.dict" ] && dict=(-dict="$root/tests/fuzz/dicts/$t.dict")
+  mapfile -t flags < <(fuzz_flags "$t" "$root" "$(fuzz_max_len "$t")")
   ( cd "$w" && timeout $((fuzz_s + 40)) "$w/bin/${t}_fuzz" "corpus/$t" "$root/tests/fuzz/seeds/$t" \
-      -fork="$k" -max_total_time="$fuzz_s" -max_len="$max_len" -timeout=10 \
-      -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 \
-      -artifact_prefix="artifacts/$t/" "${dict[@]}" > "logs/$t.log" 2>&1
+      -fork="$k" -max_total_time="$fuzz_s" -artifact_prefix="artifacts/$t/" "${flags[@]}" > "logs/$t.log" 2>&1
     echo "rc=$?" >> "logs/$t.log" ) &
-  pids+=($!)
 done
-wait "${pids[@]}"
-wait
+wait   # the fuzzers and, with WITH_CONSUMERS=1, the verification
 for t in $(ls "$w/logs"); do echo "== $t"; grep -E '^#[0-9]+' "$w/logs/$t" | tail -1; tail -1 "$w/logs/$t"; done
 rm -rf "$w/bin"
 tar -cJf "$final/corpus.tar.xz" -C "$w/corpus" . && rm -rf "$w/corpus"

@@ -14,7 +14,8 @@
 # Environment: RUNS=N stops after N executions (-runs), MAX_LEN overrides -max_len.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-targets=(safetensors index config tokenizer ids hessian importer model_dir tokenize)
+. "$root/tools/fuzz_common.sh"
+targets=("${FUZZ_TARGETS[@]}")
 if [ "${1:-}" = "list" ]; then printf '%s\n' "${targets[@]}"; exit 0; fi
 if [ $# -lt 2 ]; then
   echo "usage: tools/fuzz.sh TARGET SECONDS [libFuzzer flags...]   (targets: ${targets[*]})" >&2
@@ -43,31 +44,16 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
 fi
 nice -n 19 cmake --build "$build" -j2 --target "${target}_fuzz" >&2
 
-# Per-target input size limit (bytes): JSON texts stay small, model directories need room.
-case "$target" in
-  ids|config|index) max_len=16384 ;;
-  safetensors|hessian) max_len=65536 ;;
-  tokenizer|tokenize) max_len=32768 ;;
-  importer|model_dir) max_len=131072 ;;
-esac
-max_len="${MAX_LEN:-$max_len}"
+max_len="${MAX_LEN:-$(fuzz_max_len "$target")}"
 
 corpus="$build/corpus/$target"
 artifacts="$build/artifacts/$target"
 mkdir -p "$corpus" "$artifacts"
 seeds="$root/tests/fuzz/seeds/$target"
-dict=()
-[ -f "$root/tests/fuzz/dicts/$target.dict" ] && dict=(-dict="$root/tests/fuzz/dicts/$target.dict")
 runs=()
 [ -n "${RUNS:-}" ] && runs=(-runs="$RUNS")
 
-# leaks are bugs too (detect_leaks); UBSan stops at the first report with a stack.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=0}"
-export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-# -malloc_limit_mb: one allocation above 512 MB from an input of at most max_len bytes is a
-# finding ("a small file must never make fp4q allocate gigabytes").
-exec nice -n 19 "$build/${target}_fuzz" "$corpus" "$seeds" \
-  -max_total_time="$seconds" -max_len="$max_len" -timeout=10 \
-  -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 \
-  -artifact_prefix="$artifacts/" "${dict[@]}" "${runs[@]}" "$@"
+fuzz_env
+mapfile -t flags < <(fuzz_flags "$target" "$root" "$max_len")
+exec nice -n 19 "$build/${target}_fuzz" "$corpus" "$seeds" -max_total_time="$seconds" \
+  -artifact_prefix="$artifacts/" "${flags[@]}" "${runs[@]}" "$@"
