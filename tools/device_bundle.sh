@@ -9,14 +9,10 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$here/build/fp4q}"
 dest="$here/.device/run"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/lib" "$dest"
+mkdir -p "$dest"
 cp "$bin" "$tmp/fp4q"
-ldd "$bin" | awk '/=> \//{print $3}' | while read -r lib; do
-  case "$(basename "$lib")" in libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) continue ;; esac
-  cp -L "$lib" "$tmp/lib/"
-done
-# OpenBLAS picks its kernel at run time (DYNAMIC_ARCH); the pthread/openmp variant is what
-# libblas.so.3 / liblapack.so.3 resolve to through Debian's alternatives: copy the real files.
+. "$here/tools/bundle_libs.sh"
+bundle_libs "$tmp/lib" "$bin"
 git -C "$here" rev-parse HEAD > "$tmp/COMMIT"
 tar -cJf "$dest/fp4q-bin.tar.xz" -C "$tmp" .
 ls -la "$dest/fp4q-bin.tar.xz"; tar -tJf "$dest/fp4q-bin.tar.xz"

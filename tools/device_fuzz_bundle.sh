@@ -10,20 +10,19 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 fb="${FUZZ_BUILD:-$here/build-fuzz}"
 dest="$here/.device/fuzz"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/lib" "$dest"
+mkdir -p "$dest"
+. "$here/tools/fuzz_common.sh"
 bins=()
-for t in $(bash "$here/tools/fuzz.sh" list); do bins+=("$fb/${t}_fuzz"); done
+for t in "${FUZZ_TARGETS[@]}"; do bins+=("$fb/${t}_fuzz"); done
 bins+=("$here/build/linalg_test" "$here/build/fp4q")
 bb="$(find "$here/build" -maxdepth 2 -name bench_bf16_gemm -type f | head -1)"
 [ -n "$bb" ] && bins+=("$bb")
 for b in "${bins[@]}"; do
   [ -x "$b" ] || { echo "device_fuzz_bundle: missing $b" >&2; exit 1; }
   cp "$b" "$tmp/"
-  ldd "$b" | awk '/=> \//{print $3}'
-done | sort -u | while read -r lib; do
-  case "$(basename "$lib")" in libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) continue ;; esac
-  cp -L "$lib" "$tmp/lib/"
 done
+. "$here/tools/bundle_libs.sh"
+bundle_libs "$tmp/lib" "${bins[@]}"
 git -C "$here" rev-parse HEAD > "$tmp/COMMIT"
 strip --strip-debug "$tmp"/*_fuzz 2>/dev/null || true
 tar -cJf "$dest/fuzz-bin.tar.xz" -C "$tmp" .
