@@ -146,8 +146,9 @@ fpquant)
   evals=""
   for ev in "$work"/eval-*.json; do name="$(basename "$ev" .json)"; evals="$evals --eval ${name#eval-}=$ev"; done
   run_cell() {  # $1 = cell name (or "unquantized")
-    local cell="$1" args shimflags="" dt="$fpq_dtype" base="$1" opt
-    # suffixes: -fused (--fuse_global_scale), -fix (shim --fix-inplace-hessian), -bf16 (--dtype bfloat16)
+    local cell="$1" args shimflags="" dt="$fpq_dtype" base
+    # suffixes: -fused (--fuse_global_scale), -fix (shim --fix-inplace-hessian), -bf16 (--dtype
+    # bfloat16); -fix and -bf16 come last, in either order, and are stripped off to get the method
     case "$cell" in *-fix*) shimflags="--fix-inplace-hessian" ;; esac
     case "$cell" in *-bf16*) dt=bfloat16 ;; esac
     base="${cell%-fix}"; base="${base%-bf16}"; base="${base%-fix}"
