@@ -1,14 +1,19 @@
 #include "fp4q/pipeline/eval.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <tuple>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "fp4q/core/compute_dtype.h"
 #include "fp4q/core/error.h"
+#include "fp4q/core/parallel.h"
 #include "fp4q/exporter/exporter.h"
 #include "fp4q/exporter/importer.h"
 #include "fp4q/exporter/layout.h"
@@ -124,84 +129,276 @@ bool has_linear_bias(const model::Model& m, const exporter::ImportedModel& im) {
   return false;
 }
 
+// A model as `fp4q eval` runs it: an original model (optionally rounded to the compute dtype, or
+// with fake-quantised activations) or an fp4q output (dequantised in the rotated domain, inputs
+// transformed online). Holds everything the layer callback and the hook refer to, so it is
+// neither copied nor moved.
+class EvalModel {
+ public:
+  EvalModel(const std::string& dir, const EvalOptions& opt)
+      : quantized_(is_quantized_dir(dir)), model_(model::Model::open(dir, quantized_)) {
+    model_.set_compute_dtype(opt.dtype);
+    const auto& cfg = model_.config();
+    InputTransform proto;
+    proto.dtype = opt.dtype;
+    if (quantized_) {
+      im_ = std::make_unique<exporter::ImportedModel>(exporter::ImportedModel::open(dir));
+      const auto& info = im_->info();
+      proto.quantize = opt.activations >= 0 ? opt.activations == static_cast<int>(exporter::Activations::kFp4)
+                                            : info.activations == exporter::Activations::kFp4;
+      proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime)
+                      : im_->kind() == exporter::ExportKind::kFpQuantReal ? ActRuntime::kFpQuant
+                                                                          : ActRuntime::kCompressedTensors;
+      if (proto.runtime == ActRuntime::kFpQuant && proto.quantize && has_linear_bias(model_, *im_))
+        spdlog::warn("{}: fp_quant 0.3.2's pseudo-quantization path adds the bias of a quantized Linear twice "
+                     "(PseudoQuant4x16NoMasterFn); fp4q evaluates it once", dir);
+      qw_ = std::make_unique<QuantizedWeights>(model_, *im_, proto, hook_);
+      use_hook_ = true;
+      spdlog::info("{}: {} {} model, rotation {}, activations {}, runtime {}, {}", dir,
+                   format::spec(info.format).name, info.method.empty() ? "quantized" : info.method, info.hadamard,
+                   proto.quantize ? "fp4" : "16-bit", act_runtime_name(proto.runtime), compute_dtype_name(opt.dtype));
+    } else {
+      if (opt.dtype != ComputeDtype::kF32) rw_ = std::make_unique<RoundedWeights>(model_, opt.dtype);
+      if (opt.activations == static_cast<int>(exporter::Activations::kFp4)) {
+        // Original weights with rotated, FP4-quantised activations (dynamic NVFP4 global scale is
+        // not defined without calibration: nvfp4 uses per-tensor 1.0 here, i.e. E4M3 scales alone).
+        proto.format = opt.format ? static_cast<format::FormatId>(opt.format) : format::FormatId::kNVFP4;
+        proto.hadamard = opt.hadamard >= 0 ? opt.hadamard : format::spec(proto.format).default_hadamard;
+        proto.quantize = true;
+        proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime) : ActRuntime::kCompressedTensors;
+        for (int l = 0; l < cfg.n_layers; ++l)
+          for (int g = 0; g < kNumInputGroups; ++g) {
+            hook_.t[{l, g}] = proto;
+            if (cfg.is_moe_layer(l) && g >= 2) hook_.t[{l, g}].hadamard = 0;  // experts: never rotated
+          }
+        use_hook_ = true;
+      }
+    }
+    if (qw_) fn_ = [this](int l) -> const model::LayerWeights& { return qw_->layer(l); };
+    if (rw_) fn_ = [this](int l) -> const model::LayerWeights& { return rw_->layer(l); };
+  }
+  EvalModel(const EvalModel&) = delete;
+  EvalModel& operator=(const EvalModel&) = delete;
+
+  const model::Model& model() const { return model_; }
+  const model::LayerWeightsFn& fn() const { return fn_; }
+  model::LinearHook* hook() { return use_hook_ ? &hook_ : nullptr; }
+
+  // Final hidden states of nb windows of T tokens stored back to back in `batch` [nb*T x hidden].
+  // An f32 original model keeps its layers from the first call on (as model::perplexity does).
+  std::vector<float> hidden(const std::vector<int32_t>& batch, int64_t nb, int64_t T, model::ForwardScratch& ws) {
+    if (!fn_) {
+      rw_ = std::make_unique<RoundedWeights>(model_, ComputeDtype::kF32);
+      fn_ = [this](int l) -> const model::LayerWeights& { return rw_->layer(l); };
+    }
+    std::vector<float> h = model_.embed(batch);
+    for (int l = 0; l < model_.config().n_layers; ++l) model_.layer_forward(l, fn_(l), h.data(), nb, T, hook(), &ws);
+    return h;
+  }
+
+ private:
+  bool quantized_;
+  model::Model model_;
+  std::unique_ptr<exporter::ImportedModel> im_;
+  PerLayerHook hook_;
+  std::unique_ptr<QuantizedWeights> qw_;
+  std::unique_ptr<RoundedWeights> rw_;
+  bool use_hook_ = false;
+  model::LayerWeightsFn fn_;
+};
+
+// Value at quantile q of v (sorted in place): the element at rank floor(q * (n - 1)).
+double quantile(std::vector<double>& v, double q) {
+  if (v.empty()) return 0.0;
+  const size_t k = static_cast<size_t>(std::floor(q * static_cast<double>(v.size() - 1)));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+// Mean and standard error of the mean (sample standard deviation / sqrt(n)) of v, in double.
+std::pair<double, double> mean_se(const std::vector<double>& v) {
+  const double n = static_cast<double>(v.size());
+  if (v.empty()) return {0.0, 0.0};
+  double s = 0.0;
+  for (double x : v) s += x;
+  const double m = s / n;
+  double ss = 0.0;
+  for (double x : v) ss += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(ss / (n - 1) / n) : 0.0};
+}
+
+// Perplexity of `q` and, for every scored token, KL(P_ref || P_q), top-1 agreement and the NLL
+// difference against `ref`, on the same windows. Window batches, logit row blocks and the NLL
+// arithmetic are those of model::perplexity / Model::nll_sum, so the perplexity of `q` is
+// bit-identical to a run without a reference. Memory: the final hidden states of one window batch
+// per model and one row block of logits per model; per-token results are 8-byte values.
+void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int32_t>& ids, int64_t seqlen,
+                             EvalResult& e) {
+  const int64_t V = q.model().config().vocab;
+  const int64_t H = q.model().config().hidden, Hr = ref.model().config().hidden;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= V)
+      throw Error(ErrorKind::kInput, "token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                                         " is outside [0, vocab_size)",
+                  q.model().dir());
+  const int64_t windows = static_cast<int64_t>(ids.size()) / seqlen;
+  const int64_t n = seqlen - 1;  // scored positions per window
+  const int64_t kBlock = std::max<int64_t>(1, std::min<int64_t>(256, (int64_t{1} << 24) / V));
+  const int64_t per_batch = model::batch_sequences(seqlen);
+  std::vector<double> kl(static_cast<size_t>(windows * n)), dnll(kl.size());
+  std::vector<double> nll_q(static_cast<size_t>(n)), nll_r(static_cast<size_t>(n));
+  std::vector<unsigned char> agree(kl.size());
+  std::vector<float> lq, lr;
+  model::ForwardScratch ws_q, ws_r;
+  double total_q = 0.0, total_r = 0.0;
+  for (int64_t w0 = 0; w0 < windows; w0 += per_batch) {
+    const int64_t nb = std::min(per_batch, windows - w0);
+    const std::vector<int32_t> batch(ids.begin() + w0 * seqlen, ids.begin() + (w0 + nb) * seqlen);
+    const std::vector<float> hq = q.hidden(batch, nb, seqlen, ws_q);
+    const std::vector<float> hr = ref.hidden(batch, nb, seqlen, ws_r);
+    for (int64_t b = 0; b < nb; ++b) {
+      const int32_t* wid = batch.data() + b * seqlen;
+      const int64_t tok0 = (w0 + b) * n;  // index of this window's first scored token
+      for (int64_t r0 = 0; r0 < n; r0 += kBlock) {
+        const int64_t rows = std::min(kBlock, n - r0);
+        lq.resize(static_cast<size_t>(rows * V));
+        lr.resize(static_cast<size_t>(rows * V));
+        q.model().final_norm_logits(hq.data() + (b * seqlen + r0) * H, rows, lq.data());
+        ref.model().final_norm_logits(hr.data() + (b * seqlen + r0) * Hr, rows, lr.data());
+        parallel_for(static_cast<long>(rows), [&](long i) {
+          const float* a = lq.data() + i * V;  // quantized
+          const float* c = lr.data() + i * V;  // reference
+          float ma = -INFINITY, mc = -INFINITY;
+          int64_t ka = 0, kc = 0;
+          for (int64_t j = 0; j < V; ++j) {
+            if (a[j] > ma) ma = a[j], ka = j;
+            if (c[j] > mc) mc = c[j], kc = j;
+          }
+          double sa = 0.0, sc = 0.0;
+          for (int64_t j = 0; j < V; ++j) {
+            sa += std::exp(static_cast<double>(a[j]) - ma);
+            sc += std::exp(static_cast<double>(c[j]) - mc);
+          }
+          const double lza = std::log(sa) + ma, lzc = std::log(sc) + mc;  // log partition functions
+          // KL(P_ref || P_q) = sum_j p_ref(j) (log p_ref(j) - log p_q(j)), all in double; identical
+          // logits give exactly 0.
+          double d = 0.0;
+          for (int64_t j = 0; j < V; ++j) {
+            const double lpc = static_cast<double>(c[j]) - lzc, lpa = static_cast<double>(a[j]) - lza;
+            d += std::exp(lpc) * (lpc - lpa);
+          }
+          const int32_t target = wid[r0 + i + 1];
+          // Model::nll_sum's expression, so the perplexity equals a run without a reference.
+          nll_q[static_cast<size_t>(r0 + i)] = std::log(sa) + ma - static_cast<double>(a[target]);
+          nll_r[static_cast<size_t>(r0 + i)] = std::log(sc) + mc - static_cast<double>(c[target]);
+          const size_t t = static_cast<size_t>(tok0 + r0 + i);
+          kl[t] = d;
+          agree[t] = ka == kc;
+        });
+      }
+      double sq = 0.0, sr = 0.0;
+      for (int64_t t = 0; t < n; ++t) {  // fixed order, as nll_sum
+        sq += nll_q[static_cast<size_t>(t)];
+        sr += nll_r[static_cast<size_t>(t)];
+        dnll[static_cast<size_t>(tok0 + t)] = nll_q[static_cast<size_t>(t)] - nll_r[static_cast<size_t>(t)];
+      }
+      total_q += sq;
+      total_r += sr;
+      spdlog::debug("kl window {}/{}: mean nll {:.6f}, reference {:.6f}", w0 + b + 1, windows, sq / n, sr / n);
+    }
+  }
+  e.windows = windows;
+  e.tokens = windows * n;
+  e.mean_nll = total_q / static_cast<double>(e.tokens);
+  e.ppl = std::exp(e.mean_nll);
+  e.kl.ref_mean_nll = total_r / static_cast<double>(e.tokens);
+  e.kl.ref_ppl = std::exp(e.kl.ref_mean_nll);
+  std::tie(e.kl.kl_mean, e.kl.kl_se) = mean_se(kl);
+  std::tie(e.kl.dnll_mean, e.kl.dnll_se) = mean_se(dnll);
+  int64_t same = 0;
+  for (unsigned char x : agree) same += x;
+  const double p = static_cast<double>(same) / static_cast<double>(e.tokens);
+  e.kl.top1 = p;
+  e.kl.top1_se = std::sqrt(p * (1 - p) / static_cast<double>(e.tokens));
+  e.kl.kl_median = quantile(kl, 0.5);
+  e.kl.kl_p90 = quantile(kl, 0.90);
+  e.kl.kl_p99 = quantile(kl, 0.99);
+  e.kl.kl_max = *std::max_element(kl.begin(), kl.end());
+  e.kl.computed = true;
+}
+
 }  // namespace
 
 EvalResult run_eval(const EvalOptions& opt) {
   const auto t0 = Clock::now();
-  const bool quantized = is_quantized_dir(opt.dir);
-  auto model = model::Model::open(opt.dir, quantized);
-  model.set_compute_dtype(opt.dtype);
-  const auto& cfg = model.config();
-  std::unique_ptr<exporter::ImportedModel> im;
-  std::unique_ptr<QuantizedWeights> qw;
-  std::unique_ptr<RoundedWeights> rw;
-  PerLayerHook hook;
-  bool use_hook = false;
-  InputTransform proto;
-  proto.dtype = opt.dtype;
-  if (quantized) {
-    im = std::make_unique<exporter::ImportedModel>(exporter::ImportedModel::open(opt.dir));
-    const auto& info = im->info();
-    proto.quantize = opt.activations >= 0 ? opt.activations == static_cast<int>(exporter::Activations::kFp4)
-                                          : info.activations == exporter::Activations::kFp4;
-    proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime)
-                    : im->kind() == exporter::ExportKind::kFpQuantReal ? ActRuntime::kFpQuant
-                                                                        : ActRuntime::kCompressedTensors;
-    if (proto.runtime == ActRuntime::kFpQuant && proto.quantize && has_linear_bias(model, *im))
-      spdlog::warn("{}: fp_quant 0.3.2's pseudo-quantization path adds the bias of a quantized Linear twice "
-                   "(PseudoQuant4x16NoMasterFn); fp4q evaluates it once", opt.dir);
-    qw = std::make_unique<QuantizedWeights>(model, *im, proto, hook);
-    use_hook = true;
-    spdlog::info("{}: {} {} model, rotation {}, activations {}, runtime {}, {}", opt.dir,
-                 format::spec(info.format).name, info.method.empty() ? "quantized" : info.method, info.hadamard,
-                 proto.quantize ? "fp4" : "16-bit", act_runtime_name(proto.runtime), compute_dtype_name(opt.dtype));
-  } else {
-    if (opt.dtype != ComputeDtype::kF32) rw = std::make_unique<RoundedWeights>(model, opt.dtype);
-    if (opt.activations == static_cast<int>(exporter::Activations::kFp4)) {
-      // Original weights with rotated, FP4-quantised activations (dynamic NVFP4 global scale is
-      // not defined without calibration: nvfp4 uses per-tensor 1.0 here, i.e. E4M3 scales alone).
-      proto.format = opt.format ? static_cast<format::FormatId>(opt.format) : format::FormatId::kNVFP4;
-      proto.hadamard = opt.hadamard >= 0 ? opt.hadamard : format::spec(proto.format).default_hadamard;
-      proto.quantize = true;
-      proto.runtime = opt.runtime >= 0 ? static_cast<ActRuntime>(opt.runtime) : ActRuntime::kCompressedTensors;
-      for (int l = 0; l < cfg.n_layers; ++l)
-        for (int g = 0; g < kNumInputGroups; ++g) {
-          hook.t[{l, g}] = proto;
-          if (cfg.is_moe_layer(l) && g >= 2) hook.t[{l, g}].hadamard = 0;  // experts: never rotated
-        }
-      use_hook = true;
-    }
-  }
-  model::LayerWeightsFn fn;
-  if (qw) fn = [&qw](int l) -> const model::LayerWeights& { return qw->layer(l); };
-  if (rw) fn = [&rw](int l) -> const model::LayerWeights& { return rw->layer(l); };
+  EvalModel em(opt.dir, opt);
+  const auto& cfg = em.model().config();
 
   if (!opt.dump_logits.empty()) {
     if (opt.logits_ids.empty())
       throw Error(ErrorKind::kUsage, "--dump-logits needs --logits-ids", "--dump-logits");
     const auto ids = model::read_token_ids(opt.logits_ids);
-    const auto logits = model.forward(ids, fn, use_hook ? &hook : nullptr);
+    const auto logits = em.model().forward(ids, em.fn(), em.hook());
     std::string bytes(reinterpret_cast<const char*>(logits.data()), logits.size() * sizeof(float));
     io::write_file_atomic(opt.dump_logits, bytes);
     spdlog::info("wrote logits [{} x {}] to {}", ids.size(), cfg.vocab, opt.dump_logits);
     if (opt.text_path.empty() && opt.ids_path.empty()) return {};
   }
 
+  // The reference model (--kl-reference): evaluated as stored (its own quantization_config, if
+  // any; the activation/runtime/format options apply to the evaluated model only) in the same
+  // compute dtype, on the same windows.
+  std::unique_ptr<EvalModel> ref;
+  if (!opt.kl_reference.empty()) {
+    EvalOptions ro;
+    ro.dtype = opt.dtype;
+    ref = std::make_unique<EvalModel>(opt.kl_reference, ro);
+    const auto& rc = ref->model().config();
+    if (rc.vocab != cfg.vocab)
+      throw Error(ErrorKind::kInput,
+                  "vocabularies differ: " + opt.dir + " has " + std::to_string(cfg.vocab) + " tokens, the reference " +
+                      std::to_string(rc.vocab),
+                  opt.kl_reference, "KL divergence needs two models of one tokenizer");
+  }
+
   int32_t bos = -1;
   auto ids = token_stream(opt.dir, opt.text_path, opt.ids_path, &bos);
+  if (ref && opt.ids_path.empty()) {
+    // --text: both tokenizers must read the text alike (same vocabulary size is not enough).
+    int32_t rbos = -1;
+    const auto rids = token_stream(opt.kl_reference, opt.text_path, "", &rbos);
+    if (rids != ids || rbos != bos)
+      throw Error(ErrorKind::kInput, "tokenizers differ: the reference tokenizes the text differently",
+                  opt.kl_reference, "KL divergence needs two models of one tokenizer");
+  }
   if (bos >= 0) ids.insert(ids.begin(), bos);  // one BOS at the very start (WikiText-2 style)
   int64_t seqlen = opt.seqlen;
-  if (cfg.max_pos > 0 && seqlen > cfg.max_pos) {
-    spdlog::info("eval: --seqlen {} clipped to max_position_embeddings {}", seqlen, cfg.max_pos);
-    seqlen = cfg.max_pos;
+  int64_t max_pos = cfg.max_pos;
+  if (ref && ref->model().config().max_pos > 0 && (max_pos <= 0 || ref->model().config().max_pos < max_pos))
+    max_pos = ref->model().config().max_pos;
+  if (max_pos > 0 && seqlen > max_pos) {
+    spdlog::info("eval: --seqlen {} clipped to max_position_embeddings {}", seqlen, max_pos);
+    seqlen = max_pos;
   }
   if (opt.max_windows > 0 && static_cast<int64_t>(ids.size()) > opt.max_windows * seqlen)
     ids.resize(static_cast<size_t>(opt.max_windows * seqlen));
   if (static_cast<int64_t>(ids.size()) < seqlen)
     throw Error(ErrorKind::kInput, "text has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
                 std::to_string(seqlen), opt.ids_path.empty() ? opt.text_path : opt.ids_path, "lower --seqlen");
-  const auto r = model::perplexity(model, ids, static_cast<int>(seqlen), fn, use_hook ? &hook : nullptr);
   EvalResult e;
+  if (ref) {
+    if (seqlen < 2)
+      throw Error(ErrorKind::kInput, "sequence length must be >= 2, got " + std::to_string(seqlen), "--seqlen");
+    score_against_reference(em, *ref, ids, seqlen, e);
+    spdlog::info("{}: {} windows x {} tokens, mean NLL {:.6f}, perplexity {:.4f}; reference {} perplexity {:.4f} "
+                 "({:.1f} s)", opt.dir, e.windows, seqlen, e.mean_nll, e.ppl, opt.kl_reference, e.kl.ref_ppl, since(t0));
+    spdlog::info("KL(reference || model) per token: mean {:.6g} ± {:.2g} nats, median {:.4g}, 90% {:.4g}, "
+                 "99% {:.4g}, max {:.4g}; top-1 agreement {:.4f} ± {:.4f}; ln(PPL/PPL_ref) {:.6f} ± {:.6f}",
+                 e.kl.kl_mean, e.kl.kl_se, e.kl.kl_median, e.kl.kl_p90, e.kl.kl_p99, e.kl.kl_max, e.kl.top1,
+                 e.kl.top1_se, e.kl.dnll_mean, e.kl.dnll_se);
+    return e;
+  }
+  const auto r = model::perplexity(em.model(), ids, static_cast<int>(seqlen), em.fn(), em.hook());
   e.windows = r.windows;
   e.tokens = r.tokens;
   e.mean_nll = r.mean_nll;

@@ -8,6 +8,11 @@
 // (WikiText-2 style, one BOS at the start when the tokenizer adds one, remainder dropped) and
 // float64 accumulation of the log-likelihood.
 //
+// With a reference model (kl_reference, like llama.cpp's perplexity --kl-divergence) both models run
+// on the same windows, one window batch at a time (no whole-text logits are kept); the evaluated
+// model's perplexity is bit-identical to a run without the reference. Vocabulary sizes must agree
+// (and, for --text, both tokenizers must give the same ids): else Error(kInput).
+//
 // Runtime emulation (docs/FORMAT.md §13): `runtime` picks whose activation rule the online
 // transform follows (act_quant.h: compressed-tensors/vLLM or FP-Quant's fp_quant); the default is
 // the runtime of the output's own layout (compressed-tensors layout -> compressed-tensors,
@@ -37,11 +42,28 @@ struct EvalOptions {
   std::string logits_ids;
   int runtime = -1;          // -1 = the layout's own runtime; else pipeline::ActRuntime
   ComputeDtype dtype = ComputeDtype::kF32;
+  // Reference model directory (--kl-reference): evaluated on the same windows in the same run, as
+  // stored (activations/runtime/format/hadamard above apply to `dir` only), in the same dtype.
+  std::string kl_reference;
+};
+
+// Scores of the evaluated model against the reference, per scored token (natural log):
+// KL(P_ref || P_model) of the next-token distributions (log-softmax and sums in double), its mean,
+// standard error of the mean (tokens taken as independent, as llama.cpp reports it) and quantiles;
+// the fraction of tokens whose argmax agrees (ties: lowest id); and the mean per-token NLL
+// difference model - reference (= ln(PPL / PPL_ref)) with its standard error.
+struct KlStats {
+  bool computed = false;
+  double ref_mean_nll = 0, ref_ppl = 0;
+  double kl_mean = 0, kl_se = 0, kl_median = 0, kl_p90 = 0, kl_p99 = 0, kl_max = 0;
+  double top1 = 0, top1_se = 0;
+  double dnll_mean = 0, dnll_se = 0;
 };
 
 struct EvalResult {
   int64_t windows = 0, tokens = 0;
   double mean_nll = 0, ppl = 0;
+  KlStats kl;  // with EvalOptions::kl_reference
 };
 
 EvalResult run_eval(const EvalOptions& opt);
