@@ -4,6 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "fp4q/core/error.h"
@@ -79,17 +85,33 @@ void rotate(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
   });
 }
 
-// Triton's float32 `/` (PTX div.full.f32): a · rcp(b) with one rounding of the product (the
-// operands are rescaled only for |b| > 2^126, which no divisor here reaches). rcp = the correctly
-// rounded reciprocal RN(1/b) (rcp.approx.f32 is specified to 1 ulp; RN for the divisors that occur
-// — E4M3 scale values, 6, 0.75, 2^E/3, bf16 global scales — is what the library's bf16 perplexity
-// reproduces, and tools/verify_consumers.py probes it on the GPU). For the E4M3 mantissas
-// 1.125 .. 1.875 RN(1/m) lies above 1/m, so an exact tie x·gs = t·S can come out one ulp above t
-// (and round up) where IEEE division gives t (and rounds toward zero).
-inline float div_full(float a, float b) {
-  const float r = 1.0f / b;  // -ffp-contract=off, no fast-math: a separate, correctly rounded step
-  return a * r;
+// Triton's float32 reciprocal: 1.0 / b in a Triton kernel is div.full.f32 = MUFU.RCP, the
+// hardware's approximate reciprocal, faithful but not always the nearest float to 1/b (for 14 of
+// the 97 bf16 mantissas known so far it is the other neighbour, e.g. b = 498: 0x3b039931 where
+// RN(1/498) = 0x3b039930). It depends on the mantissa only: rcp(m·2^e) = rcp(m)·2^-e. kTritonRcp holds
+// rcp(1 + i/128) for the 128 bf16 mantissas (triton_rcp_table.inc; tools/verify_consumers.py
+// measures and rewrites it); other divisors (only MXFP4's 2^k·RN(4/3) occurs) take RN(1/b).
+constexpr uint32_t kTritonRcp[128] = {
+#include "triton_rcp_table.inc"
+};
+
+float triton_rcp(float b) {
+  const uint32_t u = float_to_bits(b);
+  const uint32_t e = (u >> 23) & 0xffu;
+  // bf16-exact, normal, with a normal reciprocal (2^-125 <= |b| < 2^126)
+  if ((u & 0xffffu) == 0 && e >= 2 && e <= 252) {
+    const float r = std::ldexp(bits_to_float(kTritonRcp[(u >> 16) & 0x7fu]), 127 - static_cast<int>(e));
+    return (u >> 31) ? -r : r;
+  }
+  return 1.0f / b;  // -ffp-contract=off, no fast-math: a separate, correctly rounded step
 }
+
+// Triton's float32 `/` (PTX div.full.f32): a · rcp(b) with one rounding of the product (the
+// operands are rescaled only for |b| > 2^126, which no divisor here reaches). For the E4M3
+// mantissas 1.125 .. 1.875 rcp = RN(1/m) lies above 1/m, so an exact tie x·gs = t·S can come out
+// one ulp above t (and round up) where IEEE division gives t (and rounds toward zero); for a
+// global scale whose rcp is not RN(1/gs) every dequantised x̂ = fl(q·S)·rcp(gs) moves by an ulp.
+inline float div_full(float a, float b) { return a * triton_rcp(b); }
 
 float group_amax(const float* g, int n) {
   float m = 0.0f;
@@ -212,7 +234,9 @@ void fake_quantize_group(const InputTransform& t, float* g, int n) {
   }
 }
 
-void apply_input_transform(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
+namespace {
+
+void transform_impl(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
   if (t.hadamard > 1) rotate(t, x, rows, cols);
   if (!t.quantize) return;
   if (format::spec(t.format).element != format::ElementType::kE2M1)
@@ -249,6 +273,63 @@ void apply_input_transform(const InputTransform& t, float* x, int64_t rows, int6
       throw Error(ErrorKind::kNumeric,
                   "non-finite activation at token " + std::to_string(r) + ", input " + std::to_string(bad[r]),
                   "activations", "the model produced NaN/Inf before this Linear");
+}
+
+// Diagnostic dump for tools/verify_consumers.py (issue 10): with FP4Q_DUMP_ACT=DIR every call
+// writes its input and its output (float32, row-major) as DIR/act_NNN.in.f32 / .out.f32 and one
+// line "NNN rows cols hadamard quantize format runtime dtype global_scale(%a)" to DIR/index.tsv,
+// for the first FP4Q_DUMP_ACT_MAX (default 64) calls of the process. An `eval --dump-logits
+// --logits-ids` run without --text/--ids makes exactly one forward: one call per quantized input
+// group (per layer: q/k/v, o, gate/up, down), in execution order. Not a user feature.
+struct ActDump {
+  std::mutex mu;
+  std::string dir;
+  long max_calls = 0;
+  long calls = 0;
+  ActDump() {
+    const char* d = std::getenv("FP4Q_DUMP_ACT");
+    if (!d || !*d) return;
+    dir = d;
+    const char* m = std::getenv("FP4Q_DUMP_ACT_MAX");
+    max_calls = m && *m ? std::atol(m) : 64;
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir + "/index.tsv", std::ios::trunc);
+  }
+};
+
+ActDump& act_dump() {
+  static ActDump d;
+  return d;
+}
+
+void write_floats(const std::string& path, const float* x, int64_t n) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(x), static_cast<std::streamsize>(n * static_cast<int64_t>(sizeof(float))));
+  if (!f) throw Error(ErrorKind::kIo, "cannot write " + path, "FP4Q_DUMP_ACT");
+}
+
+}  // namespace
+
+void apply_input_transform(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
+  ActDump& dump = act_dump();
+  long id = -1;
+  if (!dump.dir.empty()) {
+    std::lock_guard<std::mutex> lock(dump.mu);
+    if (dump.calls < dump.max_calls) id = dump.calls++;
+  }
+  if (id < 0) return transform_impl(t, x, rows, cols);
+  char stem[32];
+  std::snprintf(stem, sizeof stem, "act_%03ld", id);
+  const std::string base = dump.dir + "/" + stem;
+  write_floats(base + ".in.f32", x, rows * cols);
+  transform_impl(t, x, rows, cols);
+  write_floats(base + ".out.f32", x, rows * cols);
+  char line[256];
+  std::snprintf(line, sizeof line, "%03ld\t%lld\t%lld\t%d\t%d\t%s\t%s\t%s\t%a\n", id, static_cast<long long>(rows),
+                static_cast<long long>(cols), t.hadamard, t.quantize ? 1 : 0, format::spec(t.format).name,
+                act_runtime_name(t.runtime), compute_dtype_name(t.dtype), static_cast<double>(t.global_scale));
+  std::lock_guard<std::mutex> lock(dump.mu);
+  std::ofstream(dump.dir + "/index.tsv", std::ios::app) << line;
 }
 
 float activation_global_scale(float amax) {
