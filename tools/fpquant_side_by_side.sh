@@ -6,12 +6,14 @@
 #
 # Steps (run in this order; WORK is a directory, MODEL a Hugging Face Llama directory):
 #   tools/fpquant_side_by_side.sh prepare MODEL WORK   here (fp4q): calib.json (--dump-calib) and
-#        eval-<name>.json (fp4q tokenize) for WikiText-2 test and Frankenstein
+#        eval-<name>.json (fp4q tokenize) for WikiText-2 test and Frankenstein; with INDOMAIN_IDS or
+#        INDOMAIN_CORPUS also eval-indomain.json, the model's in-domain held-out text (below)
 #   tools/fpquant_side_by_side.sh fp4q MODEL WORK      here (CPU): every fp4q cell, quantized from
-#        WORK/calib.json (--calib-windows), scored by `fp4q eval --ids` -> WORK/fp4q.tsv
+#        WORK/calib.json (--calib-windows), scored by `fp4q eval --ids` on every WORK/eval-*.json
+#        -> WORK/fp4q.tsv (with KL=1 also `--kl-reference MODEL`: KL to the unquantized model)
 #   tools/fpquant_side_by_side.sh fpquant MODEL WORK FPQUANT_DIR OUTDIR    on the GPU machine
 #        (torch + transformers): the unquantized model and every FP-Quant cell, evaluated in fp32
-#        and bf16 -> OUTDIR/fpquant.jsonl (+ OUTDIR/fpquant.log)
+#        and bf16 on every WORK/eval-*.json -> OUTDIR/fpquant.jsonl (+ OUTDIR/fpquant.log)
 #   tools/fpquant_side_by_side.sh table WORK FPQUANT_JSONL    Markdown table (perplexity change vs
 #        each tool's own unquantized model, per cell, per evaluation text) on stdout
 #
@@ -20,6 +22,15 @@
 # (0 = whole texts; else the id files are cut to this many tokens, for both tools), CELLS (space
 # separated cell names, default all), JOBS (FP-Quant cells run concurrently on the GPU, default 4),
 # FPQ_DTYPE (FP-Quant model dtype while quantizing: float32 (default) or bfloat16), PYTHON (python3).
+# In-domain text (prepare): INDOMAIN_IDS = a ready ids file (.json or .json.gz, e.g. the committed
+# tests/data/side_by_side/llama23m-kl-2026-12-03/eval-indomain.json.gz), or INDOMAIN_CORPUS = the
+# model's training corpus directory: tools/make_indomain_eval.py rebuilds the validation split that
+# tools/train_eval_model.py held out (INDOMAIN_EXPECT: its logged token count, checked). Unset: only
+# the two texts above, as before.
+# KL (fp4q): 1 = also KL(P_unquantized || P_cell) per token and top-1 agreement (`fp4q eval
+# --kl-reference MODEL`; extra fp4q.tsv columns kl, kl_se, kl_p99, top1, ref_ppl, ln_ppl_ratio,
+# ln_ppl_ratio_se). KEEP_OUTPUTS (fp4q): 1 = keep WORK/fp4q/<cell> after scoring, and score a kept
+# output instead of quantizing again.
 #
 # Cells: <fmt>-<w4a16|w4a4>-<method>, fmt nvfp4|mxfp4, method rtn|gptq|mrgptq|mrgptq0; FP-Quant NVFP4
 # gptq/mrgptq cells also come as <...>-fused (--fuse_global_scale: one weight global scale for q/k/v and for gate/up,
@@ -61,7 +72,18 @@ all_cells() {
   done; done; done
 }
 
-usage() { sed -n '2,33p' "$0" >&2; exit 2; }
+usage() { sed -n '2,49p' "$0" >&2; exit 2; }
+kl="${KL:-0}"
+
+cut_ids() {  # $1 = ids file: keep the first EVAL_MAX_TOKENS ids (0 = all)
+  [ "$eval_max" -gt 0 ] || return 0
+  "$py" - "$1" "$eval_max" <<'PY'
+import json, sys
+p, n = sys.argv[1], int(sys.argv[2])
+ids = json.load(open(p))[:n]
+open(p, "w").write(json.dumps(ids, separators=(",", ":")) + "\n")
+PY
+}
 
 cmd="${1:-}"; shift || true
 case "$cmd" in
@@ -73,15 +95,16 @@ prepare)
   for pair in "wikitext2=$wt2_text" "frankenstein=$frank_text"; do
     name="${pair%%=*}"; text="${pair#*=}"
     "$fp4q" -q tokenize "$model" "$text" -o "$work/eval-$name.json"
-    if [ "$eval_max" -gt 0 ]; then
-      "$py" - "$work/eval-$name.json" "$eval_max" <<'PY'
-import json, sys
-p, n = sys.argv[1], int(sys.argv[2])
-ids = json.load(open(p))[:n]
-open(p, "w").write(json.dumps(ids, separators=(",", ":")) + "\n")
-PY
-    fi
+    cut_ids "$work/eval-$name.json"
   done
+  if [ -n "${INDOMAIN_IDS:-}" ]; then
+    case "$INDOMAIN_IDS" in *.gz) gzip -dc "$INDOMAIN_IDS" ;; *) cat "$INDOMAIN_IDS" ;; esac > "$work/eval-indomain.json"
+    cut_ids "$work/eval-indomain.json"
+  elif [ -n "${INDOMAIN_CORPUS:-}" ]; then
+    "$py" "$here/tools/make_indomain_eval.py" --corpus "$INDOMAIN_CORPUS" --model "$model" --fp4q "$fp4q" \
+      --out "$work/eval-indomain.json" --expect-tokens "${INDOMAIN_EXPECT:-0}"
+    cut_ids "$work/eval-indomain.json"
+  fi
   "$py" - "$work" <<'PY'
 import json, sys, os
 w = sys.argv[1]
@@ -96,14 +119,19 @@ fp4q)
   [ $# -eq 2 ] || usage
   model="$1"; work="$2"; out="$work/fp4q"; mkdir -p "$out"
   tsv="$work/fp4q.tsv"
-  [ -f "$tsv" ] || printf 'cell\teval\tppl\tnll\ttokens\tmean_h_err\tmean_w_err\n' > "$tsv"
-  score() {  # $1 = model or output dir, $2 = cell name
+  [ -f "$tsv" ] || printf 'cell\teval\tppl\tnll\ttokens\tmean_h_err\tmean_w_err\tkl\tkl_se\tkl_p99\ttop1\tref_ppl\tln_ppl_ratio\tln_ppl_ratio_se\n' > "$tsv"
+  kl_cols=0; head -1 "$tsv" | grep -q "	kl	" && kl_cols=1   # a tsv of an earlier run has 7 columns
+  [ "$kl" = 1 ] && [ "$kl_cols" = 0 ] && echo "fp4q: $tsv has no KL columns; KL values are not recorded there" >&2
+  evals_of_work() { for ev in "$work"/eval-*.json; do n="$(basename "$ev" .json)"; echo "${n#eval-}"; done; }
+  have() { grep -q "^$1	$2	" "$tsv"; }   # $1 = cell, $2 = eval name: already scored
+  score() {  # $1 = model or output dir, $2 = cell name; every text not yet in the tsv
     for ev in "$work"/eval-*.json; do
       name="$(basename "$ev" .json)"; name="${name#eval-}"
-      line="$("$fp4q" -q -t "$threads" eval "$1" --ids "$ev" --seqlen "$eval_seqlen")"
-      ppl="$(sed -n 's/.*ppl=\([^\t]*\).*/\1/p' <<<"$line")"
-      nll="$(sed -n 's/.*nll=\([^\t]*\).*/\1/p' <<<"$line")"
-      tok="$(sed -n 's/.*tokens=\([^\t]*\).*/\1/p' <<<"$line")"
+      have "$2" "$name" && continue
+      klflag=(); [ "$kl" = 1 ] && klflag=(--kl-reference "$model")
+      line="$("$fp4q" -q -t "$threads" eval "$1" --ids "$ev" --seqlen "$eval_seqlen" "${klflag[@]}")"
+      field() { sed -n "s/.*	$1=\([^	]*\).*/\1/p" <<<"	$line"; }
+      ppl="$(field ppl)"; nll="$(field nll)"; tok="$(field tokens)"
       herr=""; werr=""
       if [ -f "$out/$2.report.json" ]; then
         read -r herr werr < <("$py" - "$out/$2.report.json" <<'PY'
@@ -116,23 +144,32 @@ print(f"{sum(h)/len(h):.6g}" if h else "-", f"{sum(w)/len(w):.6g}" if w else "-"
 PY
 )
       fi
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$name" "$ppl" "$nll" "$tok" "${herr:--}" "${werr:--}" >> "$tsv"
-      echo "fp4q $2 $name ppl $ppl" >&2
+      row="$2	$name	$ppl	$nll	$tok	${herr:--}	${werr:--}"
+      if [ "$kl_cols" = 1 ]; then
+        for k in kl kl_se kl_p99 top1 ref_perplexity ln_ppl_ratio ln_ppl_ratio_se; do v="$(field $k)"; row="$row	${v:--}"; done
+      fi
+      printf '%s\n' "$row" >> "$tsv"
+      echo "fp4q $2 $name ppl $ppl${klflag:+ kl $(field kl)}" >&2
     done
   }
-  [ "${SKIP_UNQUANTIZED:-0}" = 1 ] || grep -q "^unquantized	" "$tsv" || score "$model" unquantized
+  all_scored() { for e in $(evals_of_work); do have "$1" "$e" || return 1; done; }
+  [ "${SKIP_UNQUANTIZED:-0}" = 1 ] || score "$model" unquantized
   for cell in ${CELLS:-$(all_cells fp4q)}; do
     case "$cell" in *-fused) continue ;; esac
-    grep -q "^$cell	" "$tsv" && continue
+    all_scored "$cell" && continue
     IFS=- read -r fmt a m <<<"$cell"
     acts=$([ "$a" = w4a4 ] && echo fp4 || echo none)
     meth=$(case "$m" in mrgptq*) echo mr-gptq ;; *) echo "$m" ;; esac)
     extra=$(case "$m" in mrgptq0) echo "--hadamard 0" ;; mrgptqh) echo "--scales mse-hess" ;; esac)
-    # shellcheck disable=SC2086
-    "$fp4q" -q -t "$threads" quantize "$model" "$out/$cell" --force --format "$fmt" --method "$meth" $extra \
-      --activations "$acts" --calib-windows "$work/calib.json" --report "$out/$cell.report.json"
+    if [ "${KEEP_OUTPUTS:-0}" = 1 ] && [ -f "$out/$cell/config.json" ] && [ -f "$out/$cell.report.json" ]; then
+      echo "fp4q $cell: scoring the kept output $out/$cell" >&2   # written atomically: complete
+    else
+      # shellcheck disable=SC2086
+      "$fp4q" -q -t "$threads" quantize "$model" "$out/$cell" --force --format "$fmt" --method "$meth" $extra \
+        --activations "$acts" --calib-windows "$work/calib.json" --report "$out/$cell.report.json"
+    fi
     score "$out/$cell" "$cell"
-    rm -rf "${out:?}/$cell"
+    [ "${KEEP_OUTPUTS:-0}" = 1 ] || rm -rf "${out:?}/$cell"
   done
   ;;
 fpquant)
