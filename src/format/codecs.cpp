@@ -35,11 +35,14 @@ uint8_t e4m3_encode(float x) {
     float q = detail::rne_small(a * 512.0f);  // exact scaling; q in 0..8 (8 = min normal 0x08)
     return sign | static_cast<uint8_t>(q);
   }
-  int e2 = 0;
-  std::frexp(a, &e2);         // a = m * 2^e2, m in [0.5, 1)
-  const int e = e2 - 1;       // floor(log2 a), in [-6, 8]
-  float k = detail::rne_small(std::ldexp(a, 3 - e));  // a / 2^(e-3) in [8, 16) -> 8..16
-  int code = ((e + 7) << 3) + static_cast<int>(k) - 8;  // k == 16 carries into the exponent
+  // a normal, in [2^-6, 448): a = (1 + m/2^23) * 2^e with e = floor(log2 a) in [-6, 8]. The
+  // code is ((e + 7) << 3) + RNE(m / 2^20): the 3-bit mantissa rounded to nearest, ties to even,
+  // on the bits (a carry of 8 moves into the exponent field, as it should).
+  const uint32_t bits = float_to_bits(a);
+  const int e = static_cast<int>(bits >> 23) - 127;
+  const uint32_t m = bits & 0x7fffffu;
+  const uint32_t k = (m + 0x7ffffu + ((m >> 20) & 1u)) >> 20;  // 0..8
+  int code = ((e + 7) << 3) + static_cast<int>(k);
   if (code > 0x7e) code = 0x7e;  // 448 < a < 464 cannot happen here (a < 448), kept for safety
   return sign | static_cast<uint8_t>(code);
 }

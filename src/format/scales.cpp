@@ -39,6 +39,7 @@
 // (clip_lower_bound); this never changes the chosen code, it only skips hopeless candidates.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -394,14 +395,289 @@ Choice fpquant_choose(FormatId id, const float* x, int g, float gs, const FitGri
   return c;
 }
 
+// ---- Lane-parallel scan over the groups of a row (MSE choosers of NVFP4, MXFP4, MXFP4-fit) ----
+// Each of these choosers scans, per group, a contiguous descending run of scale codes hi, hi-1,
+// ..., lo whose effective scale is tab[code] (> 0 and finite on the run). scan_e2m1 evaluates 8
+// candidates of ONE group per kernel call; a group typically needs 4-6 candidates before the
+// clipping bound stops it, so a third of those lanes are wasted and every group pays the scalar
+// set-up of a call. scan_runs instead gives each of 16 lanes its own group: a lane walks its
+// group's run one candidate per step and, as soon as the run is exhausted or pruned, takes the
+// next group of the row. Every lane's error is computed with exactly e2m1_group_errors8's
+// operations in element order (IEEE float division and product, exact double differences, the
+// same accumulation order), and each group sees its candidates in the same descending order with
+// the same strict-improvement rule and the same pruning test, so the chosen codes, values and
+// errors are the same bits as the per-group scan's (tests/format/scales_test.cpp checks this
+// against an independent scalar search).
+struct GroupRun {
+  float amax = 0.0f;
+  double cmax = 1.0;
+  int hi = -1, lo = 0;  // empty run when hi < lo
+};
+
+constexpr int kLanes = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void e2m1_lane_errors16(const float* axT, int g, const float* s, const float* cwT, double* err) {
+  V8f S0, S1;
+  __builtin_memcpy(&S0, s, sizeof S0);
+  __builtin_memcpy(&S1, s + 8, sizeof S1);
+  const V8i H = reinterpret_cast<V8i>(V8f{0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f});
+  const V8i O = reinterpret_cast<V8i>(V8f{1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f});
+  const V8i T = reinterpret_cast<V8i>(V8f{2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f});
+  V8d e0 = {0, 0, 0, 0, 0, 0, 0, 0}, e1 = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int j = 0; j < g; ++j) {
+    V8f A0, A1;
+    __builtin_memcpy(&A0, axT + j * kLanes, sizeof A0);
+    __builtin_memcpy(&A1, axT + j * kLanes + 8, sizeof A1);
+    const V8f v0 = A0 / S0, v1 = A1 / S1;
+    const V8f m0 = reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[0]) & H) +
+                   reinterpret_cast<V8f>((v0 >= detail::kE2M1Mid[1]) & H) +
+                   reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[2]) & H) +
+                   reinterpret_cast<V8f>((v0 >= detail::kE2M1Mid[3]) & H) +
+                   reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[4]) & O) +
+                   reinterpret_cast<V8f>((v0 >= detail::kE2M1Mid[5]) & O) +
+                   reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[6]) & T);
+    const V8f m1 = reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[0]) & H) +
+                   reinterpret_cast<V8f>((v1 >= detail::kE2M1Mid[1]) & H) +
+                   reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[2]) & H) +
+                   reinterpret_cast<V8f>((v1 >= detail::kE2M1Mid[3]) & H) +
+                   reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[4]) & O) +
+                   reinterpret_cast<V8f>((v1 >= detail::kE2M1Mid[5]) & O) +
+                   reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[6]) & T);
+    const V8f P0 = m0 * S0, P1 = m1 * S1;
+    const V8d d0 = __builtin_convertvector(A0, V8d) - __builtin_convertvector(P0, V8d);
+    const V8d d1 = __builtin_convertvector(A1, V8d) - __builtin_convertvector(P1, V8d);
+    if (cwT) {
+      V8f C0, C1;
+      __builtin_memcpy(&C0, cwT + j * kLanes, sizeof C0);
+      __builtin_memcpy(&C1, cwT + j * kLanes + 8, sizeof C1);
+      e0 += (__builtin_convertvector(C0, V8d) * d0) * d0;  // the scalar order: (c·d)·d
+      e1 += (__builtin_convertvector(C1, V8d) * d1) * d1;
+    } else {
+      e0 += d0 * d0;
+      e1 += d1 * d1;
+    }
+  }
+  for (int k = 0; k < 8; ++k) {
+    err[k] = e0[k];
+    err[8 + k] = e1[k];
+  }
+}
+
+// A row's groups prepared once for any number of scans (the NVFP4 global-scale search scans the
+// same rows at up to 16 global scales): |x| and the weights transposed into blocks of 16 groups
+// (block b, element j, lane l at [(b * g + j) * 16 + l]; lanes past the row's end are 0), and
+// each group's amax and weight of its largest element.
+struct RowPrep {
+  std::vector<float> axT, cwT, amax;
+  std::vector<double> cmax;
+  bool weighted = false;
+  void build(const float* x, int64_t groups, int g, const float* cw) {
+    const int64_t blocks = (groups + kLanes - 1) / kLanes;
+    axT.assign(static_cast<size_t>(blocks * g * kLanes), 0.0f);
+    weighted = cw != nullptr;
+    if (cw) cwT.assign(axT.size(), 0.0f);
+    amax.resize(static_cast<size_t>(groups));
+    cmax.resize(static_cast<size_t>(groups));
+    for (int64_t k = 0; k < groups; ++k) {
+      const float* xg = x + k * g;
+      float* at = axT.data() + (k / kLanes) * g * kLanes + k % kLanes;
+      for (int j = 0; j < g; ++j) at[j * kLanes] = std::fabs(xg[j]);
+      if (cw) {
+        float* ct = cwT.data() + (k / kLanes) * g * kLanes + k % kLanes;
+        for (int j = 0; j < g; ++j) ct[j * kLanes] = cw[k * g + j];
+      }
+      amax[k] = group_amax(xg, g);
+      cmax[k] = amax_weight(xg, g, amax[k], cw ? cw + k * g : nullptr);
+    }
+  }
+};
+
+// Scans the runs of groups 0..n-1 of a prepared row. best[k]/have[k]: the scan's result exactly
+// as scan_e2m1 would leave it for that group.
+// Blocks of 16 groups first take the top `steps` candidates of their runs in lock-step, with no
+// pruning test (evaluating a candidate the bound would have skipped cannot change the result:
+// its error is >= the bound >= the best so far, and the update needs strict improvement); the few
+// groups whose scan is not finished after that (run left and not pruned) continue one by one in
+// scan_e2m1 from where the block stopped, with their best so far.
+void scan_runs(const RowPrep& p, int64_t n, int g, const GroupRun* run, const float* tab, int steps,
+               Choice* best, uint8_t* have) {
+  alignas(64) float s[kLanes];
+  alignas(64) double err[kLanes];
+  for (int64_t k0 = 0; k0 < n; k0 += kLanes) {
+    const int nl = static_cast<int>(std::min<int64_t>(kLanes, n - k0));
+    const float* axT = p.axT.data() + (k0 / kLanes) * g * kLanes;
+    const float* cwT = p.weighted ? p.cwT.data() + (k0 / kLanes) * g * kLanes : nullptr;
+    for (int l = 0; l < nl; ++l) {
+      best[k0 + l] = Choice{};
+      have[k0 + l] = 0;
+    }
+    for (int t = 0; t < steps; ++t) {
+      bool any = false;
+      for (int l = 0; l < kLanes; ++l) {
+        const bool on = l < nl && run[k0 + l].hi - t >= run[k0 + l].lo;
+        s[l] = on ? tab[run[k0 + l].hi - t] : 1.0f;
+        any |= on;
+      }
+      if (!any) break;
+      e2m1_lane_errors16(axT, g, s, cwT, err);
+      for (int l = 0; l < nl; ++l) {
+        const GroupRun& r = run[k0 + l];
+        if (r.hi - t < r.lo) continue;
+        if (!have[k0 + l] || err[l] < best[k0 + l].err) {  // keep_better
+          best[k0 + l] = Choice{static_cast<uint16_t>(r.hi - t), s[l], err[l]};
+          have[k0 + l] = 1;
+        }
+      }
+    }
+    for (int l = 0; l < nl; ++l) {  // unfinished scans continue per group
+      const int64_t k = k0 + l;
+      const GroupRun& r = run[k];
+      const int c = r.hi - steps;
+      if (c < r.lo) continue;
+      if (have[k] && clip_lower_bound(r.amax, 6.0f * tab[c], r.cmax) >= best[k].err) continue;
+      uint16_t code[256];
+      float value[256];
+      int m = 0;
+      for (int q = c; q >= r.lo; --q) {
+        code[m] = static_cast<uint16_t>(q);
+        value[m++] = tab[q];
+      }
+      float ax[64], cwl[64];
+      for (int j = 0; j < g; ++j) ax[j] = axT[j * kLanes + l];
+      if (cwT)
+        for (int j = 0; j < g; ++j) cwl[j] = cwT[j * kLanes + l];
+      bool hv = have[k];
+      scan_e2m1(ax, g, cwT ? cwl : nullptr, r.amax, r.cmax, code, value, m, &best[k], &hv);
+      have[k] = hv;
+    }
+  }
+}
+
+// MXFP4 scale code c (E8M0 byte) -> 2^(c-127), c = 0..254.
+const float* mx_value_table() {
+  static const std::vector<float> kT = [] {
+    std::vector<float> t(255);
+    for (int c = 0; c < 255; ++c) t[c] = std::ldexp(1.0f, c - 127);
+    return t;
+  }();
+  return kT.data();
+}
+
+// choose_row's MSE path for NVFP4 / MXFP4 / MXFP4-fit through scan_runs; the same candidate
+// runs, results and totals as nv_choose / mx_choose / fit_choose group by group. Returns false
+// (nothing written) where a table's valid codes are not one contiguous run, which the per-group
+// choosers handle (never the case for the tables built here; a guard, not a path).
+bool choose_row_lanes(FormatId id, const float* x, int64_t groups, int g, float gs, float lo_factor,
+                      const float* vtab, const FitGrid* fit, const float* col_w, uint16_t* codes,
+                      float* values, double* total, const RowPrep* prep = nullptr) {
+  const float* tab = nullptr;
+  int valid_lo = 0, valid_hi = -1;
+  switch (id) {
+    case FormatId::kNVFP4:
+      tab = vtab;
+      valid_lo = 1;
+      while (valid_lo <= 0x7e && !(vtab[valid_lo] > 0.0f)) ++valid_lo;
+      valid_hi = 0x7e;
+      break;
+    case FormatId::kMXFP4:
+      tab = mx_value_table();
+      valid_lo = 0;
+      valid_hi = 254;
+      break;
+    case FormatId::kMXFP4Fit: {
+      tab = fit->value;
+      auto ok = [&](int q) { return fit->value[q] > 0.0f && std::isfinite(fit->value[q]); };
+      valid_lo = 1;
+      while (valid_lo <= 255 && !ok(valid_lo)) ++valid_lo;
+      valid_hi = 255;
+      while (valid_hi >= valid_lo && !ok(valid_hi)) --valid_hi;
+      for (int q = valid_lo; q <= valid_hi; ++q)
+        if (!ok(q)) return false;
+      break;
+    }
+    default:
+      return false;
+  }
+  thread_local RowPrep own;
+  if (!prep) {
+    own.build(x, groups, g, col_w);
+    prep = &own;
+  }
+  thread_local std::vector<GroupRun> run;
+  thread_local std::vector<Choice> best;
+  thread_local std::vector<uint8_t> have, zero_alt;  // zero_alt: NVFP4 absmax scale is 0
+  run.assign(static_cast<size_t>(groups), GroupRun{});
+  best.resize(static_cast<size_t>(groups));
+  have.resize(static_cast<size_t>(groups));
+  zero_alt.assign(static_cast<size_t>(groups), 0);
+  for (int64_t k = 0; k < groups; ++k) {
+    GroupRun& r = run[k];
+    const float amax = prep->amax[k];
+    r.amax = amax;
+    if (amax == 0.0f) continue;  // empty run: code 0, value 0, error 0
+    r.cmax = prep->cmax[k];
+    if (id == FormatId::kNVFP4) {
+      const uint8_t c0 = nv_absmax_code(amax, gs);
+      zero_alt[k] = !(vtab[c0] > 0.0f);
+      const float s_gs = (amax / 6.0f) * gs;
+      r.hi = std::min<int>(c0 + 1, 0x7e);
+      r.lo = std::max<int>(1, e4m3_encode(std::min(lo_factor * s_gs, 448.0f)));
+    } else {
+      const int e0 = mxfp4_absmax_exponent(amax);
+      if (id == FormatId::kMXFP4) {
+        r.hi = std::min(e0 + 1, 127) + 127;
+        r.lo = std::max(e0 - 3, -127) + 127;
+      } else {
+        r.hi = fit->code_at_or_above(std::min(e0 + 1, 127));
+        r.lo = fit->code_at_or_above(std::max(e0 - 4, -127));
+      }
+    }
+    r.hi = std::min(r.hi, valid_hi);
+    r.lo = std::max(r.lo, valid_lo);
+  }
+  scan_runs(*prep, groups, g, run.data(), tab, id == FormatId::kMXFP4 ? 2 : 4, best.data(),
+            have.data());
+  double t = 0.0;
+  for (int64_t k = 0; k < groups; ++k) {
+    Choice c = best[k];
+    const float* xg = x + k * g;
+    const float* cw = col_w ? col_w + k * g : nullptr;
+    if (run[k].amax == 0.0f) {
+      c = Choice{};
+    } else if (id == FormatId::kNVFP4) {
+      bool hv = have[k];
+      if (zero_alt[k]) keep_better(0, 0.0f, zero_scale_error(xg, g, cw), &c, &hv);
+    } else if (id == FormatId::kMXFP4Fit && !have[k]) {
+      c = fit_choose(xg, g, ScaleMethod::kAbsmax, *fit, cw);
+    }
+    if (codes) codes[k] = c.code;
+    if (values) values[k] = c.value;
+    t += c.err;
+  }
+  *total = t;
+  return true;
+}
+
 // Fills codes/values of row r of `out`; returns the row's total squared error (MSE only).
+// prep (optional): the row prepared by RowPrep::build (MSE path); nv_vtab (optional): NVFP4's
+// effective-scale table for gs (computed here when absent).
 double choose_row(FormatId id, const float* x, int64_t groups, int g, ScaleMethod m, float gs,
                   float lo_factor, uint16_t* codes, float* values, const FitGrid* fit = nullptr,
-                  const float* col_w = nullptr) {
+                  const float* col_w = nullptr, const RowPrep* prep = nullptr,
+                  const float* nv_vtab = nullptr) {
   double total = 0.0;
-  float vtab[0x7f];
-  if (id == FormatId::kNVFP4)
-    for (int c = 0; c < 0x7f; ++c) vtab[c] = e4m3_decode(static_cast<uint8_t>(c)) / gs;
+  float own_vtab[0x7f];
+  const float* vtab = nv_vtab;
+  if (id == FormatId::kNVFP4 && !vtab) {
+    for (int c = 0; c < 0x7f; ++c) own_vtab[c] = e4m3_decode(static_cast<uint8_t>(c)) / gs;
+    vtab = own_vtab;
+  }
+  if (m == ScaleMethod::kMse && id != FormatId::kINT4 &&
+      choose_row_lanes(id, x, groups, g, gs, lo_factor, vtab, fit, col_w, codes, values, &total, prep))
+    return total;
   for (int64_t k = 0; k < groups; ++k) {
     const float* xg = x + k * g;
     const float* cw = col_w ? col_w + k * g : nullptr;
@@ -430,11 +706,17 @@ std::vector<double> nv_total_errors(const float* w, const std::vector<int64_t>& 
   const size_t n = gs.size();
   const int64_t nr = static_cast<int64_t>(rows_used.size());
   std::vector<double> row_err(static_cast<size_t>(nr) * n, 0.0);
+  std::vector<float> vtabs(n * 0x7f);
+  for (size_t k = 0; k < n; ++k)
+    for (int c = 0; c < 0x7f; ++c) vtabs[k * 0x7f + c] = e4m3_decode(static_cast<uint8_t>(c)) / gs[k];
   detail::for_rows(nr, cols * static_cast<int64_t>(n), [&](int64_t i) {
     const float* x = w + rows_used[i] * cols;
+    thread_local RowPrep prep;
+    prep.build(x, cols / g, g, col_w);
     for (size_t k = 0; k < n; ++k)
       row_err[i * n + k] = choose_row(FormatId::kNVFP4, x, cols / g, g, ScaleMethod::kMse, gs[k],
-                                      lo_factor, nullptr, nullptr, nullptr, col_w);
+                                      lo_factor, nullptr, nullptr, nullptr, col_w, &prep,
+                                      vtabs.data() + k * 0x7f);
   });
   std::vector<double> t(n, 0.0);
   for (int64_t i = 0; i < nr; ++i)
@@ -513,13 +795,32 @@ void mxfp4_fit_grid(const float* w, int64_t rows, int64_t cols, int* fit_beta, i
 }
 
 float nvfp4_global_scale(const float* w, int64_t n) {
+  // max |w| over fixed chunks in parallel (max is exact, so the result does not depend on the
+  // split); a chunk containing NaN/Inf is flagged and the first bad index found serially.
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<float> cmax(static_cast<size_t>(chunks), 0.0f);
+  std::vector<uint8_t> bad(static_cast<size_t>(chunks), 0);
+  detail::for_rows(chunks, kChunk, [&](int64_t c) {
+    const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
+    float m = 0.0f;
+    bool b = false;
+    for (int64_t i = i0; i < i1; ++i) {
+      const float a = std::fabs(w[i]);
+      b |= !(a <= std::numeric_limits<float>::max());  // NaN or Inf
+      m = a > m ? a : m;
+    }
+    cmax[c] = m;
+    bad[c] = b;
+  });
   float amax = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(w[i]);
-    if (!std::isfinite(a))
-      throw Error(ErrorKind::kNumeric, "non-finite value at flat index " + std::to_string(i),
-                  {}, "the weights contain NaN/Inf");
-    amax = std::max(amax, a);
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (bad[c])
+      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i)
+        if (!std::isfinite(w[i]))
+          throw Error(ErrorKind::kNumeric, "non-finite value at flat index " + std::to_string(i),
+                      {}, "the weights contain NaN/Inf");
+    amax = std::max(amax, cmax[c]);
   }
   if (amax == 0.0f) return 1.0f;
   const float gs = bf16_round_down(2688.0f / amax);
@@ -577,11 +878,14 @@ GroupScales choose_scales(FormatId id, const float* w, int64_t rows, int64_t col
         std::vector<double> e_s(static_cast<size_t>(rows)), e_0(static_cast<size_t>(rows));
         detail::for_rows(rows, 2 * cols, [&](int64_t r) {
           const float* x = w + r * cols;
+          thread_local RowPrep prep;
+          prep.build(x, out.groups, g, cw);
           e_s[r] = choose_row(id, x, out.groups, g, ScaleMethod::kMse, gs, kFinalLo,
                               out.codes.data() + r * out.groups, out.values.data() + r * out.groups,
-                              nullptr, cw);
+                              nullptr, cw, &prep);
           e_0[r] = choose_row(id, x, out.groups, g, ScaleMethod::kMse, gs0, kFinalLo,
-                              c0.data() + r * out.groups, v0.data() + r * out.groups, nullptr, cw);
+                              c0.data() + r * out.groups, v0.data() + r * out.groups, nullptr, cw,
+                              &prep);
         });
         double ts = 0, t0 = 0;
         for (int64_t r = 0; r < rows; ++r) {  // row order: thread-count independent
