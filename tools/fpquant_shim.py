@@ -17,6 +17,14 @@ disk; at run time it
     evaluation of the given id files in non-overlapping windows of --eval-seqlen tokens (exactly
     what `fp4q eval --ids FILE --seqlen N` scores), with fp32 logits and float64 NLL sums, first
     with the model as quantized, upcast to fp32, then cast to bf16 (--eval-dtypes);
+  * with --kl-reference MODEL (the unquantized model) also scores, per evaluation dtype and text,
+    KL(P_ref || P_q) of the next-token distributions per scored token (log-softmax of fp32 logits
+    in float64; mean, standard error, median/90 %/99 % quantiles, max), top-1 agreement and the
+    reference's perplexity on the same windows, as `fp4q eval --kl-reference` does. The reference is
+    the unquantized model in float32; its fp32 logits per text are computed once and cached in
+    --kl-cache (raw float32 [windows x seqlen x vocab], keyed by model files, ids and seqlen,
+    written atomically, so concurrent cells share it safely); a cell that finds no cache computes
+    them itself (same function, same result);
   * records per quantized Linear the proxy loss fp4q reports (h_err = tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)
     with FP-Quant's own, undamped, rotated Hessian; w_err = ‖ΔW‖/‖W‖) and the NVFP4 weight global
     scale, by wrapping GPTQ.quantize;
@@ -32,15 +40,18 @@ torch + transformers):
       --a_bits 16 --gptq --w_observer mse --quantization_order activation \\
       --transform_class hadamard --hadamard_group_size 16 --dtype float32 --eval_perplexity
 
-Only the standard library is needed to import this file and to run --self-test (argument parsing
-and the windows/ids readers), so it can be checked on machines without torch.
+Only the standard library is needed to import this file and to run --self-test (argument parsing,
+the windows/ids readers, the KL statistics against a pure-Python definition), so it can be checked
+on machines without torch.
 """
 import argparse
+import hashlib
 import importlib
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 import types
 
@@ -99,6 +110,61 @@ def eval_windows(ids, seqlen):
     return [ids[i * seqlen:(i + 1) * seqlen] for i in range(n)]
 
 
+def kl_row(ref_logits, q_logits):
+    """Pure-Python definition for one position: (KL(P_ref || P_q), argmax agree, log-partition of ref, of q).
+
+    log-softmax in float (Python floats are float64); argmax ties -> lowest index. The torch code in
+    evaluate() computes the same per row; self_test() checks kl_stats on values from this."""
+    def log_softmax(x):
+        m = max(x)
+        lz = m + math.log(sum(math.exp(v - m) for v in x))
+        return [v - lz for v in x]
+    lr, lq = log_softmax(ref_logits), log_softmax(q_logits)
+    kl = sum(math.exp(a) * (a - b) for a, b in zip(lr, lq))
+    argmax = lambda x: max(range(len(x)), key=lambda j: (x[j], -j))  # noqa: E731  first maximum
+    return kl, argmax(ref_logits) == argmax(q_logits), lr, lq
+
+
+def quantile(sorted_values, q):
+    """Element at rank floor(q * (n - 1)) of an ascending list (fp4q eval's definition)."""
+    return sorted_values[int(math.floor(q * (len(sorted_values) - 1)))]
+
+
+def kl_stats(kl, agree, dnll, ref_nll_sum):
+    """Summary of per-token values, as `fp4q eval --kl-reference` prints them.
+
+    kl: KL(P_ref || P_q) per scored token; agree: 0/1 top-1 agreement per token; dnll: NLL_q - NLL_ref
+    per token; ref_nll_sum: the reference's summed NLL. Standard errors treat tokens as independent."""
+    n = len(kl)
+    if n == 0 or len(agree) != n or len(dnll) != n:
+        raise ValueError("kl_stats: per-token lists must be non-empty and of equal length")
+
+    def mean_se(v):
+        m = math.fsum(v) / n
+        return m, (math.sqrt(math.fsum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else 0.0)
+    kl_mean, kl_se = mean_se(kl)
+    d_mean, d_se = mean_se(dnll)
+    s = sorted(kl)
+    p = sum(agree) / n
+    return {"kl": kl_mean, "kl_se": kl_se, "kl_median": quantile(s, 0.5), "kl_p90": quantile(s, 0.9),
+            "kl_p99": quantile(s, 0.99), "kl_max": s[-1], "top1": p, "top1_se": math.sqrt(p * (1 - p) / n),
+            "ref_ppl": math.exp(ref_nll_sum / n), "ref_nll": ref_nll_sum / n,
+            "ln_ppl_ratio": d_mean, "ln_ppl_ratio_se": d_se, "tokens": n}
+
+
+def ref_cache_key(model_dir, ids, seqlen):
+    """Cache key of a reference's logits: its config/weights (content), the ids, the window length."""
+    h = hashlib.sha256()
+    for f in sorted(os.listdir(model_dir)):
+        if f == "config.json" or f.endswith(".safetensors") or f.endswith(".bin"):
+            h.update(f.encode())
+            with open(os.path.join(model_dir, f), "rb") as fh:
+                for b in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(b)
+    h.update(json.dumps([seqlen, ids], separators=(",", ":")).encode())
+    return h.hexdigest()[:24]
+
+
 def parse_args(argv):
     if "--" in argv:
         k = argv.index("--")
@@ -125,6 +191,11 @@ def parse_args(argv):
                         "k's Hessian then weights sequence i by alpha_i, v's by alpha_i^2 (alpha_i = 2/i), and the "
                         "attention/MLP outputs of that pass (inputs of o_proj, down_proj) are wrong. bf16 models "
                         "are not affected (.float() copies)")
+    p.add_argument("--kl-reference", metavar="MODEL_DIR",
+                   help="unquantized model: also score KL(P_ref || P_q), top-1 agreement and its perplexity")
+    p.add_argument("--kl-cache", metavar="DIR",
+                   help="directory for the reference's fp32 logits per text (shared by cells; default: none, "
+                        "each cell computes them)")
     p.add_argument("--self-test", action="store_true", help="test the readers (no torch needed) and exit")
     a = p.parse_args(ours)
     if not a.self_test:
@@ -170,6 +241,23 @@ def self_test():
     a, theirs = parse_args(["--fpquant", "x", "--calib-windows", "c", "--results", "r", "--eval", "wt=e.json",
                             "--", "--format", "nvfp"])
     assert a.eval == [("wt", "e.json")] and theirs == ["--format", "nvfp"] and a.eval_dtypes == ["fp32", "bf16"]
+    # KL math: identical logits -> exactly 0; a two-token case by hand; shift invariance; stats.
+    kl, agree, _, _ = kl_row([1.5, -2.0, 0.25], [1.5, -2.0, 0.25])
+    assert kl == 0.0 and agree, kl
+    # p = (0.5, 0.5), q = (0.9, 0.1): KL = 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1)
+    kl, agree, _, _ = kl_row([0.0, 0.0], [math.log(0.9), math.log(0.1)])
+    assert abs(kl - (0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(5.0))) < 1e-15 and agree, kl
+    kl2, _, _, _ = kl_row([7.0, 7.0], [math.log(0.9) - 3.0, math.log(0.1) - 3.0])
+    assert abs(kl2 - kl) < 1e-14
+    kl, agree, _, _ = kl_row([0.0, 1.0, 0.0], [2.0, 1.0, 0.0])
+    assert kl > 0 and not agree
+    st = kl_stats([0.0, 0.1, 0.2, 0.3], [1, 1, 0, 1], [0.0, 0.5, -0.5, 1.0], 4 * math.log(10.0))
+    assert abs(st["kl"] - 0.15) < 1e-15 and st["kl_median"] == 0.1 and st["kl_max"] == 0.3, st
+    assert abs(st["kl_se"] - math.sqrt((0.0225 + 0.0025 + 0.0025 + 0.0225) / 3 / 4)) < 1e-15, st
+    assert st["top1"] == 0.75 and abs(st["ref_ppl"] - 10.0) < 1e-12 and abs(st["ln_ppl_ratio"] - 0.25) < 1e-15, st
+    a, _ = parse_args(["--fpquant", "x", "--calib-windows", "c", "--results", "r", "--kl-reference", "m",
+                       "--kl-cache", "k", "--", "--format", "nvfp"])
+    assert a.kl_reference == "m" and a.kl_cache == "k"
     print("fpquant_shim self-test: ok")
 
 
@@ -317,6 +405,56 @@ def main(argv):
         return out
     gptq_mod.GPTQ.quantize = quantize
 
+    ref_state = {"model": None}
+
+    @torch.no_grad()
+    def reference_logits(name, ids, dev):
+        """The reference's fp32 logits [T, V] of every window of ids, in order (one at a time):
+        read from the --kl-cache file when there, else computed by the unquantized float32 model
+        (and cached for the other cells when --kl-cache is given)."""
+        wins = eval_windows(ids, a.eval_seqlen)
+        T = a.eval_seqlen
+        path = None
+        if a.kl_cache:
+            path = os.path.join(a.kl_cache, f"ref-{name}-{ref_cache_key(a.kl_reference, ids, T)}.f32")
+        if path and os.path.exists(path):
+            size = os.path.getsize(path)
+            V = size // (len(wins) * T * 4)
+            if V * len(wins) * T * 4 != size:
+                raise SystemExit(f"fpquant_shim: {path}: {size} bytes is not {len(wins)} x {T} x V float32")
+            log.setdefault("kl_cache_read", []).append(path)
+            buf = bytearray(T * V * 4)  # one window; .to(dev) copies it before the next read
+            with open(path, "rb") as f:
+                for _ in wins:
+                    if f.readinto(buf) != len(buf):
+                        raise SystemExit(f"fpquant_shim: {path}: short read")
+                    yield torch.frombuffer(buf, dtype=torch.float32).view(T, V).to(dev)
+            return
+        if ref_state["model"] is None:
+            ref_state["model"] = real_auto.from_pretrained(a.kl_reference, dtype=torch.float32).to(dev).eval()
+            log["kl_reference_loaded"] = a.kl_reference
+        rm = ref_state["model"]
+        out = None
+        if path:
+            os.makedirs(a.kl_cache, exist_ok=True)
+            fd, tmp_path = tempfile.mkstemp(dir=a.kl_cache, prefix=f".ref-{name}-")
+            out = os.fdopen(fd, "wb")
+        try:
+            for w in wins:
+                lg = rm(torch.tensor([w], dtype=torch.long, device=dev)).logits[0].float()
+                if out is not None:
+                    out.write(lg.cpu().contiguous().numpy())  # float32, row-major [T, V] (buffer protocol)
+                yield lg
+            if out is not None:
+                out.close()
+                out = None
+                os.replace(tmp_path, path)  # atomic: readers never see a partial file
+                log.setdefault("kl_cache_written", []).append(path)
+        finally:
+            if out is not None:
+                out.close()
+                os.unlink(tmp_path)
+
     @torch.no_grad()
     def evaluate(model, _data, batch_size=1):
         dev = next(model.parameters()).device
@@ -325,15 +463,40 @@ def main(argv):
             m = model if dt == "as-is" else model.to(torch.float32 if dt == "fp32" else torch.bfloat16)
             for name, ids in evals:
                 total, count = 0.0, 0
+                kl, agree, dnll, ref_total = [], [], [], 0.0
+                refs = reference_logits(name, ids, dev) if a.kl_reference else None
                 for w in eval_windows(ids, a.eval_seqlen):
                     x = torch.tensor([w], dtype=torch.long, device=dev)
                     logits = m(x).logits.float()
                     nll = F.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum")
                     total += float(nll)
                     count += len(w) - 1
+                    if refs is not None:
+                        # Per scored position t (predicting w[t+1]), as kl_row(): log-softmax of the
+                        # fp32 logits in float64, KL(P_ref || P_q) = sum_j p_ref (log p_ref - log p_q),
+                        # argmax agreement (torch.argmax: first maximum), NLL difference.
+                        lr32 = next(refs)[:-1]
+                        lq32 = logits[0, :-1]
+                        lr = torch.log_softmax(lr32.double(), dim=-1)
+                        lq = torch.log_softmax(lq32.double(), dim=-1)
+                        kl += (lr.exp() * (lr - lq)).sum(dim=-1).tolist()
+                        agree += (lr32.argmax(dim=-1) == lq32.argmax(dim=-1)).int().tolist()
+                        tgt = x[0, 1:].unsqueeze(1)
+                        nq, nr = -lq.gather(1, tgt).squeeze(1), -lr.gather(1, tgt).squeeze(1)
+                        dnll += (nq - nr).tolist()
+                        ref_total += float(nr.sum())
                 mean = total / count
-                state["evals"].setdefault(name, {})[dt] = {"ppl": math.exp(mean), "nll": mean, "tokens": count}
-                print(f"fpquant_shim: {a.tag} {name} {dt}: ppl {math.exp(mean):.4f} ({count} tokens)", flush=True)
+                rec = {"ppl": math.exp(mean), "nll": mean, "tokens": count}
+                msg = ""
+                if refs is not None:
+                    for _ in refs:  # exhausts the generator (closes/renames a cache file being written)
+                        pass
+                    rec["kl"] = kl_stats(kl, agree, dnll, ref_total)
+                    rec["kl"]["reference"] = a.kl_reference
+                    msg = (f", KL {rec['kl']['kl']:.6g} +- {rec['kl']['kl_se']:.2g}, top-1 {rec['kl']['top1']:.4f}, "
+                           f"reference ppl {rec['kl']['ref_ppl']:.4f}")
+                state["evals"].setdefault(name, {})[dt] = rec
+                print(f"fpquant_shim: {a.tag} {name} {dt}: ppl {math.exp(mean):.4f} ({count} tokens){msg}", flush=True)
                 if first is None:
                     first = math.exp(mean)
         return first if first is not None else float("nan")

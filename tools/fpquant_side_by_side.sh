@@ -13,7 +13,8 @@
 #        -> WORK/fp4q.tsv (with KL=1 also `--kl-reference MODEL`: KL to the unquantized model)
 #   tools/fpquant_side_by_side.sh fpquant MODEL WORK FPQUANT_DIR OUTDIR    on the GPU machine
 #        (torch + transformers): the unquantized model and every FP-Quant cell, evaluated in fp32
-#        and bf16 on every WORK/eval-*.json -> OUTDIR/fpquant.jsonl (+ OUTDIR/fpquant.log)
+#        and bf16 (EVAL_DTYPES) on every WORK/eval-*.json -> OUTDIR/fpquant.jsonl (+ OUTDIR/fpquant.log);
+#        with KL=1 also KL to the unquantized model (tools/fpquant_shim.py --kl-reference)
 #   tools/fpquant_side_by_side.sh table WORK FPQUANT_JSONL    Markdown table (perplexity change vs
 #        each tool's own unquantized model, per cell, per evaluation text) on stdout
 #
@@ -27,10 +28,12 @@
 # model's training corpus directory: tools/make_indomain_eval.py rebuilds the validation split that
 # tools/train_eval_model.py held out (INDOMAIN_EXPECT: its logged token count, checked). Unset: only
 # the two texts above, as before.
-# KL (fp4q): 1 = also KL(P_unquantized || P_cell) per token and top-1 agreement (`fp4q eval
-# --kl-reference MODEL`; extra fp4q.tsv columns kl, kl_se, kl_p99, top1, ref_ppl, ln_ppl_ratio,
-# ln_ppl_ratio_se). KEEP_OUTPUTS (fp4q): 1 = keep WORK/fp4q/<cell> after scoring, and score a kept
-# output instead of quantizing again.
+# KL (fp4q, fpquant): 1 = also KL(P_unquantized || P_cell) per token, top-1 agreement (extra
+# fp4q.tsv columns kl, kl_se, kl_p99, top1, ref_ppl, ln_ppl_ratio, ln_ppl_ratio_se; "kl" objects in
+# fpquant.jsonl). KL_CACHE (fpquant): where the shim caches the unquantized model's fp32 logits per
+# text (default: a temporary directory, removed at the end; ~2 GB per text of 65,536 ids).
+# EVAL_DTYPES (fpquant): the shim's --eval-dtypes (default fp32,bf16). KEEP_OUTPUTS (fp4q): 1 = keep
+# WORK/fp4q/<cell> after scoring, and score a kept output instead of quantizing again.
 #
 # Cells: <fmt>-<w4a16|w4a4>-<method>, fmt nvfp4|mxfp4, method rtn|gptq|mrgptq|mrgptq0; FP-Quant NVFP4
 # gptq/mrgptq cells also come as <...>-fused (--fuse_global_scale: one weight global scale for q/k/v and for gate/up,
@@ -72,7 +75,7 @@ all_cells() {
   done; done; done
 }
 
-usage() { sed -n '2,49p' "$0" >&2; exit 2; }
+usage() { sed -n '2,52p' "$0" >&2; exit 2; }
 kl="${KL:-0}"
 
 cut_ids() {  # $1 = ids file: keep the first EVAL_MAX_TOKENS ids (0 = all)
@@ -205,14 +208,17 @@ fpquant)
       [ "${fused:-}" = fused ] && args="$args --fuse_global_scale"
     fi
     # shellcheck disable=SC2086
-    "$py" "$here/tools/fpquant_shim.py" --fpquant "$fpq" --calib-windows "$work/calib.json" $evals $shimflags \
-      --eval-seqlen "$eval_seqlen" --results "$tmp/$cell.jsonl" --tag "$cell" -- $args > "$tmp/$cell.log" 2>&1 \
+    "$py" "$here/tools/fpquant_shim.py" --fpquant "$fpq" --calib-windows "$work/calib.json" $evals $shimflags $klflags \
+      --eval-seqlen "$eval_seqlen" --eval-dtypes "$eval_dtypes" --results "$tmp/$cell.jsonl" --tag "$cell" -- $args > "$tmp/$cell.log" 2>&1 \
       && echo "fpquant $cell ok" >&2 || echo "fpquant $cell FAILED (see fpquant.log)" >&2
     # Each finished cell lands in OUTDIR at once (a time limit that cuts the run keeps the rest).
     { flock 9; cat "$tmp/$cell.jsonl" >> "$outdir/fpquant.jsonl" 2>/dev/null
       { echo "==== $cell"; tail -n 200 "$tmp/$cell.log"; } >> "$outdir/fpquant.log"; } 9> "$outdir/.lock"
   }
-  export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals outdir
+  eval_dtypes="${EVAL_DTYPES:-fp32,bf16}"
+  klflags=""
+  [ "$kl" = 1 ] && klflags="--kl-reference $model --kl-cache ${KL_CACHE:-$tmp/klcache}"
+  export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals outdir eval_dtypes klflags
   cells="${UNQUANTIZED_CELLS:-unquantized} ${CELLS:-$(all_cells fpquant)}"
   start=$(date +%s)
   printf '%s\n' $cells | xargs -P "$jobs" -I{} bash -c 'run_cell {}'
