@@ -86,14 +86,17 @@ void rotate(const InputTransform& t, float* x, int64_t rows, int64_t cols) {
 }
 
 // Triton's float32 reciprocal: 1.0 / b in a Triton kernel is div.full.f32 = MUFU.RCP, the
-// hardware's approximate reciprocal, faithful but not always the nearest float to 1/b (for 14 of
-// the 97 bf16 mantissas known so far it is the other neighbour, e.g. b = 498: 0x3b039931 where
-// RN(1/498) = 0x3b039930). It depends on the mantissa only: rcp(m·2^e) = rcp(m)·2^-e. kTritonRcp holds
-// rcp(1 + i/128) for the 128 bf16 mantissas (triton_rcp_table.inc; tools/verify_consumers.py
-// measures and rewrites it); other divisors (only MXFP4's 2^k·RN(4/3) occurs) take RN(1/b).
+// hardware's approximate reciprocal, faithful but not always the nearest float to 1/b (for 20 of
+// the 128 bf16 mantissas it is the other neighbour, e.g. b = 498: 0x3b039931 where RN(1/498) =
+// 0x3b039930). It depends on the mantissa only: rcp(m·2^e) = rcp(m)·2^-e. kTritonRcp holds
+// rcp(1 + i/128) for the 128 bf16 mantissas, all measured on an H200 (triton_rcp_table.inc;
+// tools/verify_consumers.py measures and rewrites it); other divisors (only MXFP4's 2^k·RN(4/3)
+// occurs, measured RN) take RN(1/b).
 constexpr uint32_t kTritonRcp[128] = {
 #include "triton_rcp_table.inc"
 };
+
+}  // namespace
 
 float triton_rcp(float b) {
   const uint32_t u = float_to_bits(b);
@@ -106,11 +109,26 @@ float triton_rcp(float b) {
   return 1.0f / b;  // -ffp-contract=off, no fast-math: a separate, correctly rounded step
 }
 
+int triton_floor_log2(float a) {
+  int e2 = 0;
+  const float m = std::frexp(a, &e2);  // a = m·2^e2, m in [0.5, 1): the exact floor is e2 - 1
+  // log2 a = e2 + log2 m. Far from the next power of two (log2 m <= -1.4e-5) no float32 rounding
+  // reaches e2: half an ulp of a float32 of magnitude <= 256 is <= 2^-17 = 7.6e-6.
+  if (m < 0.99999f) return e2 - 1;
+  // RN32(log2 a) through double: log2 of a float is never within double rounding error of a
+  // float32 midpoint here (tests/pipeline/fpq_triton_rcp_test.cpp checks every float of these
+  // bands against long double).
+  return static_cast<int>(std::floor(static_cast<float>(std::log2(static_cast<double>(a)))));
+}
+
+namespace {
+
 // Triton's float32 `/` (PTX div.full.f32): a · rcp(b) with one rounding of the product (the
-// operands are rescaled only for |b| > 2^126, which no divisor here reaches). For the E4M3
-// mantissas 1.125 .. 1.875 rcp = RN(1/m) lies above 1/m, so an exact tie x·gs = t·S can come out
-// one ulp above t (and round up) where IEEE division gives t (and rounds toward zero); for a
-// global scale whose rcp is not RN(1/gs) every dequantised x̂ = fl(q·S)·rcp(gs) moves by an ulp.
+// operands are rescaled only for |b| > 2^126, which no divisor here reaches; measured: 0 of 31536
+// probed quotients differ from this model). For the E4M3 mantissas 1.125 .. 1.875 rcp = RN(1/m)
+// lies above 1/m, so an exact tie x·gs = t·S can come out one ulp above t (and round up) where
+// IEEE division gives t (and rounds toward zero); for a global scale whose rcp is not RN(1/gs)
+// every dequantised x̂ = fl(q·S)·rcp(gs) moves by an ulp.
 inline float div_full(float a, float b) { return a * triton_rcp(b); }
 
 float group_amax(const float* g, int n) {
@@ -168,17 +186,19 @@ void fpq_nvfp4(float* g, int n, float gs_stored, ComputeDtype d) {
   }
 }
 
-// fp_quant triton/mxfp4.py, forward_method abs_max (gaussian_scale 3/4, quest False); both `/`
-// are div.full.f32.
+// fp_quant triton/mxfp4.py, forward_method abs_max (gaussian_scale 3/4, quest False): line 62
+// `tl.exp2(tl.floor(tl.log2(scales)) - 2) / (3 / 4)`; both `/` are div.full.f32. The same float32
+// arithmetic in fp32 and bf16 models (tl.dot returns float32 either way).
 void fpq_mxfp4(float* g, int n, ComputeDtype d) {
   const float amax = group_amax(g, n);
   if (!(amax > 0.0f)) {
     for (int j = 0; j < n; ++j) g[j] = 0.0f;
     return;
   }
-  int e2 = 0;
-  std::frexp(amax, &e2);  // amax = m·2^e2, m in [0.5, 1): floor(log2 amax) = e2 - 1
-  const float s = div_full(std::ldexp(1.0f, e2 - 1 - 2), 0.75f);  // 2^(E-2)·RN(4/3)
+  // E = floor(tl.log2(amax)): the float32 log2 rounded, then floored (measured on an H200), so a
+  // group max just below 2^k takes E = k, not k - 1 (triton_floor_log2).
+  const int E = triton_floor_log2(amax);
+  const float s = div_full(std::ldexp(1.0f, E - 2), 0.75f);  // 2^(E-2)·RN(4/3)
   if (!(s > 0.0f)) {  // underflow: x/0 saturates to 6, times 0
     for (int j = 0; j < n; ++j) g[j] = 0.0f;
     return;

@@ -7,9 +7,11 @@
 // (tests/data/consumers/consumers_log_run2.txt; docs/issue10-notes.md).
 //
 // The reference here is independent of fp4q's table (src/pipeline/triton_rcp_table.inc): the
-// reciprocals are the literal float32 values the H200 returned for `1.0 / b` in that run's probe
-// (tests/data/consumers/consumers_run2.json, kernels.div_full.rcp_bad), and the rule's other
-// steps are spelled out in double with one rounding per float32 operation.
+// reciprocals are the literal float32 values the H200 returned for `1.0 / b` in the probes of the
+// second run (tests/data/consumers/consumers_run2.json, kernels.div_full.rcp_bad: 20 divisors)
+// and of the third, which measured all 128 bf16 mantissas (consumers_run3.json,
+// kernels.div_full.not_rn: the 20 that are not RN, bits below; the other 108 are RN), and the
+// rule's other steps are spelled out in double with one rounding per float32 operation.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -46,7 +48,25 @@ const Measured kNotRn[] = {
     {1056.0f, 0.0009469696669839323}, {1072.0f, 0.0009328358573839068}, {1112.0f, 0.0008992805378511548},
     {1128.0f, 0.0008865248528309166}, {1184.0f, 0.000844594556838274},  {1200.0f, 0.0008333332953043282},
     {1320.0f, 0.0007575757917948067}, {1328.0f, 0.0007530120783485472}};
-// Divisors the same probe found to give the nearest float (the E4M3 mantissas, 6, 0.75 and
+// Third run (2026-12-03, tools/device_call_issue10.sh): rcp(1 + i/128) as float32 bits for every
+// bf16 mantissa whose reciprocal is not the nearest float; every other mantissa gave RN(1/m).
+struct MeasuredMantissa {
+  int i;
+  uint32_t bits;
+};
+const MeasuredMantissa kNotRnMantissas[] = {
+    {4, 0x3f783e0f},  {6, 0x3f74898e},  {11, 0x3f6bbdb2}, {13, 0x3f6865ad},  {20, 0x3f5d67c8},
+    {22, 0x3f5a740d}, {37, 0x3f46980d}, {38, 0x3f4565c9}, {51, 0x3f370fbc},  {61, 0x3f2d602c},
+    {65, 0x3f29c84b}, {66, 0x3f28e840}, {81, 0x3f1cc8e2}, {91, 0x3f15a026},  {109, 0x3f0a42f9},
+    {115, 0x3f06d906}, {116, 0x3f064b8b}, {118, 0x3f053409}, {121, 0x3f039931}, {127, 0x3f008080}};
+
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Divisors the second probe found to give the nearest float (the E4M3 mantissas, 6, 0.75 and
 // global scales that occur on the bundled model).
 const float kRn[] = {1.0f, 1.125f, 1.25f, 1.375f, 1.5f, 1.625f, 1.75f, 1.875f, 6.0f, 0.75f, 644.0f, 1232.0f, 3.0f,
                      8.0f, 256.0f, 512.0f, 520.0f, 1024.0f, 1032.0f, 1040.0f, 1136.0f, 1288.0f};
@@ -147,6 +167,53 @@ TEST(FpQuantTritonRcp, Nvfp4DequantisationUsesTheMeasuredReciprocal) {
       }
   // With RN(1/gs) (fp4q before issue 10's probe) most float32 outputs differ by an ulp.
   EXPECT_GT(differs_from_nearest, 20 * 64 * 8);
+}
+
+// fp4q's reciprocal of every bf16 mantissa is the measured one: the 20 listed values, RN(1/m) for
+// the other 108, at every exponent of a normal divisor with a normal reciprocal (the GPU's was
+// checked at 2^-24 … 2^20) and for either sign. Before the third run 6 of the 128 were wrong
+// (i = 51, 61, 81, 91, 109, 127 were taken as RN).
+TEST(FpQuantTritonRcp, EveryBf16MantissaIsTheMeasuredReciprocal) {
+  int not_rn = 0;
+  for (int i = 0; i < 128; ++i) {
+    const float m = 1.0f + static_cast<float>(i) / 128.0f;
+    float want = nearest_rcp(m);
+    for (const auto& e : kNotRnMantissas)
+      if (e.i == i) {
+        want = from_bits(e.bits);
+        EXPECT_NE(want, nearest_rcp(m)) << i;
+        EXPECT_LT(std::fabs(static_cast<double>(want) - 1.0 / m), std::ldexp(1.0, -24)) << i;  // faithful
+        ++not_rn;
+      }
+    for (int e = -124; e <= 125; ++e)
+      for (float sign : {1.0f, -1.0f}) {
+        const float b = sign * std::ldexp(m, e);
+        ASSERT_EQ(fp4q::pipeline::triton_rcp(b), sign * std::ldexp(want, -e)) << "mantissa " << i << " 2^" << e;
+      }
+  }
+  EXPECT_EQ(not_rn, 20);
+  // Not bf16-exact (MXFP4's 2^k·RN(4/3)): RN, measured 0.75·2^-k.
+  EXPECT_EQ(fp4q::pipeline::triton_rcp(fl(4.0 / 3.0)), 0.75f);
+}
+
+// The 20 mantissas in the NVFP4 rule: every nonzero float32 x̂ of a Linear with such a global scale
+// is fl(fl(q·S)·rcp(gs)) with the measured rcp.
+TEST(FpQuantTritonRcp, Nvfp4DequantisationUsesEveryMeasuredMantissa) {
+  std::mt19937 rng(13);
+  int differs_from_nearest = 0;
+  for (const auto& e : kNotRnMantissas)
+    for (int k : {2, 8, 9, 10}) {  // gs = m·2^k: 4 … 2046, the range of 2688/amax
+      const float gs = std::ldexp(1.0f + static_cast<float>(e.i) / 128.0f, k);
+      const float r = std::ldexp(from_bits(e.bits), -k);
+      for (int rep = 0; rep < 16; ++rep) {
+        const auto g = random_group(rng, gs);
+        const auto got = run(gs, ComputeDtype::kF32, g);
+        expect_same(got, reference(g, gs, r, ComputeDtype::kF32), "gs " + std::to_string(gs));
+        const auto rn = reference(g, gs, nearest_rcp(gs), ComputeDtype::kF32);
+        for (size_t j = 0; j < g.size(); ++j) differs_from_nearest += got[j] != rn[j];
+      }
+    }
+  EXPECT_GT(differs_from_nearest, 20 * 4 * 16 * 8);
 }
 
 // Divisors measured to give the nearest float keep the nearest reciprocal (E4M3 scale mantissas,

@@ -82,9 +82,10 @@ double ref_e2m1(double a, bool ties_even) {
 // Triton's float32 division (PTX div.full.f32) as the fp-quant rule uses it: a·rcp(b), one
 // rounding of the product (exact in double: 24 x 24 bits). rcp is the GPU's approximate
 // reciprocal: the nearest float to 1/b (found by comparing float neighbours in double; ties cannot
-// occur for these divisors) except for the bf16 mantissas 1 + i/128 that an H200 was seen to
-// round to the other neighbour (issue 10, tests/data/consumers/consumers_run2.json and its
-// captured-input counts; tests/pipeline/fpq_triton_rcp_test.cpp has the measured values).
+// occur for these divisors) except for the 20 bf16 mantissas 1 + i/128 that an H200 rounds to the
+// other neighbour (issue 10: all 128 measured in the third device run,
+// tests/data/consumers/consumers_run3.json kernels.div_full.not_rn; fpq_triton_rcp_test.cpp has
+// the measured values).
 float ref_rcp(float b) {
   const double exact = 1.0 / static_cast<double>(b);
   float r = static_cast<float>(exact);  // within one ulp; pick the nearest of r and its neighbours
@@ -95,8 +96,9 @@ float ref_rcp(float b) {
   const double m = 2 * std::frexp(static_cast<double>(std::fabs(b)), &e);  // |b| = m·2^(e-1), m in [1, 2)
   const double i = (m - 1) * 128;
   if (i == std::floor(i)) {  // bf16 mantissa
-    const int off[][2] = {{4, -1}, {6, 1}, {11, -1}, {13, 1}, {20, -1}, {22, -1}, {37, 1},
-                          {38, 1}, {65, 1}, {66, 1}, {115, 1}, {116, 1}, {118, 1}, {121, 1}};
+    const int off[][2] = {{4, -1}, {6, 1},   {11, -1}, {13, 1},  {20, -1}, {22, -1}, {37, 1},
+                          {38, 1}, {51, 1},  {61, 1},  {65, 1},  {66, 1},  {81, 1},  {91, 1},
+                          {109, 1}, {115, 1}, {116, 1}, {118, 1}, {121, 1}, {127, -1}};
     for (const auto& o : off)
       if (o[0] == static_cast<int>(i)) {
         const float away = std::nextafter(best, o[1] * (b > 0 ? 1 : -1) > 0 ? INFINITY : -INFINITY);
@@ -147,7 +149,10 @@ struct RefRule {
       } else {
         zero = amax == 0;
         if (zero) return;
-        s = ref_div_full(fl(std::ldexp(1.0, static_cast<int>(std::floor(std::log2(amax))) - 2)), 0.75f);
+        // floor(tl.log2(amax)): floor of the float32-rounded log2 (not the exact floor just below
+        // a power of two; tests/pipeline/fpq_triton_log2_test.cpp)
+        const int E = static_cast<int>(std::floor(fl(std::log2(amax))));
+        s = ref_div_full(fl(std::ldexp(1.0, E - 2)), 0.75f);
       }
     }
   }
@@ -307,7 +312,8 @@ TEST(RuntimeEmulation, GroupsAtEveryE2M1TieMatchReference) {
 
 // Scale boundaries: amax exactly where the E4M3 scale code changes (NVFP4: gs·amax/6 on an E4M3
 // midpoint, exact in float32 with a power-of-two gs) and one ulp either side, saturation at 448;
-// MXFP4: amax at powers of two, at 1.75·2^k (compressed-tensors' bump), one ulp below each.
+// MXFP4: amax at powers of two, at 1.75·2^k (compressed-tensors' bump), one ulp below each (one
+// float32 ulp below 2^k, |k| >= 3, fp-quant's floor(RN32(log2)) already takes the exponent k).
 TEST(RuntimeEmulation, GroupsAtScaleBoundariesMatchReference) {
   std::vector<double> nv_amax;
   const float gs = 512.0f;
@@ -457,8 +463,8 @@ TEST(RuntimeEmulation, RotationPerRuntimeAndDtype) {
   EXPECT_EQ(fp4q::round_bf16(static_cast<float>(1.0 / std::sqrt(32.0))), 0.1767578125f);
 }
 
-// FP-Quant's Triton kernels divide with div.full.f32 = a·RN(1/b), not IEEE a/b. The two differ on
-// exact E2M1 ties whenever RN(1/m) > 1/m pushes t·(m·RN(1/m)) one ulp above t: with S = 1.75
+// FP-Quant's Triton kernels divide with div.full.f32 = a·rcp(b), not IEEE a/b (rcp = RN(1/b) for
+// the E4M3 mantissas). The two differ on exact E2M1 ties whenever RN(1/m) > 1/m pushes t·(m·RN(1/m)) one ulp above t: with S = 1.75
 // (gs = 1, amax = 10.5, so S = 10.5/6 exactly) the element 1.3125 = 0.75·S quantizes to 1 (x̂ =
 // 1.75) where IEEE division would give the tie 0.75 -> 0.5 (x̂ = 0.875). Found as 175 flipped
 // decisions per 4096 tokens on the bundled model (nvfp4, no rotation, bf16), which moved fp4q's

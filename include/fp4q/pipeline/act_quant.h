@@ -20,15 +20,20 @@
 //              (format::mxfp4_absmax_exponent); x_hat = RNE_E2M1(x/2^e) · 2^e
 //  kFpQuant (FP-Quant inference_lib 0.3.2, the Triton pseudo-quantization kernels
 //  triton/nvfp4.py and triton/mxfp4.py used by transformers with pseudoquantization: true).
-//  Triton lowers float32 `/` to PTX div.full.f32: a/b -> dv(a, b) = fl(a · RN(1/b)) (one rounding
-//  of the product by the reciprocal, not IEEE division):
+//  Triton lowers float32 `/` to PTX div.full.f32: a/b -> dv(a, b) = fl(a · rcp(b)) (one rounding
+//  of the product by the reciprocal, not IEEE division), rcp = the GPU's approximate reciprocal
+//  (MUFU.RCP): RN(1/b) except for 20 of the 128 bf16 mantissas, where it is the other float
+//  neighbour (triton_rcp below; table measured on an H200, src/pipeline/triton_rcp_table.inc):
 //    rotation  x·M with M = blockdiag(H_h · c), c = fl(1/sqrt(h)) (bf16: c rounded to bf16,
 //              since transformers casts the buffer), float32 result (never rounded to bf16);
 //              f32: tl.dot in IEEE mode = per output acc = fma(x_k, ±c, acc), k = 0..h-1 in order
 //    NVFP4     gs in the compute dtype; S = e4m3(min(dv(fl(gs·amax), 6), 448));
 //              q = TZ_E2M1(dv(fl(x·gs), S)); x_hat = dv(fl(q·S), gs)
-//    MXFP4     s = dv(2^(floor(log2 amax) - 2), 0.75) (= 2^(E-2)·RN(4/3): the group max maps into
-//              [3, 6), nothing clips); q = TZ_E2M1(dv(x, s)); x_hat = fl(q·s)
+//    MXFP4     E = floor(RN32(log2 amax)) (Triton's float32 log2, then floor: for amax within
+//              1 … 44 floats below 2^k, k <= -2 or k >= 3, the rounded log2 is k, so E = k where
+//              the exact floor is k - 1; triton_floor_log2 below);
+//              s = dv(2^(E - 2), 0.75) (= 2^(E-2)·RN(4/3): the group max maps into [3, 6), or
+//              just below 3 in that band; nothing clips); q = TZ_E2M1(dv(x, s)); x_hat = fl(q·s)
 //              (the activation global scale is not used)
 //  Both: with ComputeDtype::kBF16 x_hat is rounded to bf16 (the runtime's output tensor dtype);
 //  all-zero groups give 0.
@@ -77,5 +82,14 @@ int e2m1_index_rne(float a);  // ties to even
 int e2m1_index_tz(float a);   // ties toward zero (strict thresholds)
 // One group of n values (n = G), in place, by the rule of (runtime, format, dtype).
 void fake_quantize_group(const InputTransform& t, float* g, int n);
+// Triton's float32 reciprocal (the rcp of div.full.f32) as measured on an H200: the table entry
+// for a bf16-exact normal b, RN(1/b) otherwise.
+float triton_rcp(float b);
+// floor(tl.log2(a)) of FP-Quant's MXFP4 kernel for a finite a > 0: floor of the correctly rounded
+// float32 log2. Measured on an H200 (issue 10, third run): equal to the GPU's on all 2673 probed
+// values 2^k·(1 - j·2^-24) and 2^k·(1 + j·2^-23), j <= 16, k = -40..40 (the whole band where it
+// is not the exact floor for |k| <= 32, edges included), of which 724 are not the exact floor;
+// on 2^20 log-uniform random values the GPU differs from the exact floor once, as this does.
+int triton_floor_log2(float a);
 
 }  // namespace fp4q::pipeline
