@@ -45,6 +45,7 @@ perplexity within 0.05 %.
 
   python3 tools/verify_consumers.py --root .device/consumers/stories260K \
       --out $OUT/consumers.json --log $OUT/consumers_log.txt [--ct-src .ref/compressed-tensors/src]
+  python3 tools/verify_consumers.py --kernels-only --skip-ct --out $OUT/consumers.json --log $OUT/consumers_log.txt
 
 fp_quant must be importable (e.g. pip install --no-deps --no-index --no-build-isolation
 --target /tmp/site .ref/FP-Quant/inference_lib and PYTHONPATH=/tmp/site, or --site DIR).
@@ -67,7 +68,8 @@ TARGETS = {"f32_rel_l2": 1e-5, "f32_ppl_rel": 1e-4, "bf16_ppl_rel": 5e-4}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", required=True, help="folder written by tools/make_consumer_exports.sh")
+    p.add_argument("--root", default="", help="folder written by tools/make_consumer_exports.sh (required unless "
+                   "--kernels-only)")
     p.add_argument("--out", default="consumers.json", help="JSON results")
     p.add_argument("--log", default="consumers_log.txt", help="human-readable log")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
@@ -79,8 +81,14 @@ def parse_args(argv=None):
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-floor", action="store_true",
                    help="skip the library's perplexity under other summation orders (batched, seq-fma, float64 Linears)")
+    p.add_argument("--kernels-only", action="store_true",
+                   help="only the kernel checks and probes (reciprocal table, floor(log2) bands, MXFP4 band groups): "
+                        "no model, no --root needed")
     p.add_argument("--dry-run", action="store_true", help="check the manifest and files only (no torch)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if not a.root and not a.kernels_only:
+        p.error("--root is required (unless --kernels-only)")
+    return a
 
 
 class Log:
@@ -317,11 +325,43 @@ def run_fpq_case(log, case, man, root, device, res, floor=True, order_floor=None
     torch.cuda.empty_cache()
 
 
+def floor_log2_rn32(a):
+    """floor(RN32(log2 a)): log2 in float64, rounded once to float32, floored: fp4q's model of
+    MXFP4's `tl.floor(tl.log2(amax))` (src/pipeline/act_quant.cpp triton_floor_log2; issue 10)."""
+    import torch
+    return torch.floor(torch.log2(a.double()).float())
+
+
+def floor_log2_exact(a):
+    """The exact floor(log2 a) (frexp): fp4q's MXFP4 exponent before the third device run."""
+    import torch
+    return (torch.frexp(a.float())[1] - 1).float()
+
+
+def fp4q_rcp(b):
+    """fp4q's model of Triton's reciprocal, from its table (src/pipeline/triton_rcp_table.inc):
+    the entry of b's bf16 mantissa scaled by 2^-e for a bf16-exact normal b, RN(1/b) otherwise."""
+    import torch
+    tab = read_rcp_table()
+    if len(tab) != 128:
+        raise RuntimeError(f"{RCP_TABLE}: {len(tab)} entries, not 128")
+    t = torch.tensor([tab[i][0] for i in range(128)], dtype=torch.int64, device=b.device)
+    tabf = (t - (t >= 2 ** 31).long() * 2 ** 32).int().view(torch.float32)
+    bf = b.float().contiguous()
+    u = bf.view(torch.int32).long() & 0xffffffff
+    e = (u >> 23) & 0xff
+    use = ((u & 0xffff) == 0) & (e >= 2) & (e <= 252)
+    r = tabf[(u >> 16) & 0x7f] * torch.exp2((127 - e).float())
+    r = torch.where((u >> 31) == 1, -r, r)
+    return torch.where(use, r, 1.0 / bf)
+
+
 def fpq_rule(x, H, gs, fmt, rcp=None, floor_log2=None):
     """The fp-quant rule of docs/FORMAT.md §13 in torch (reference for the kernels). Triton's
     float32 `/` is div.full.f32 = fl(a * rcp(b)); `rcp` maps a divisor tensor to its reciprocal:
-    None = RN(1/b) (torch's CUDA 1.0 / b is IEEE), or TritonOps.rcp = the GPU's own reciprocal
-    (MUFU.RCP, not always RN: issue 10). `floor_log2` likewise (None: torch.floor(torch.log2)).
+    None = RN(1/b) (torch's CUDA 1.0 / b is IEEE), TritonOps.rcp = the GPU's own reciprocal
+    (MUFU.RCP, not always RN: issue 10), or fp4q_rcp = fp4q's table. `floor_log2` likewise (None:
+    torch.floor(torch.log2), TritonOps.floor_log2, floor_log2_rn32 = fp4q's model).
     The float32 rotation is tl.dot 'ieee' = a sequential fma over k (each step summed in float64
     and rounded once: the fma, barring a rare double rounding for h >= 32); bf16 inputs: exact
     products summed, rounded once."""
@@ -532,9 +572,12 @@ def probe_rcp(log, device, out, out_dir):
 def probe_log2(log, device, out):
     """floor(tl.log2(x)) and MXFP4's scale exp2(floor(log2 x) - 2) / (3/4) as Triton computes them,
     near every power of two 2^k (k = -40..40; x = 2^k·(1 - j·2^-24) and 2^k·(1 + j·2^-23),
-    j = 0..16) and on 2^20 log-uniform amax: vs the exact floor (fp4q: frexp) and vs
-    floor(RN32(log2 x)) (a correctly rounded float32 log2). fp4q's MXFP4 scale is 2^(E-2)·RN(4/3)
-    with the exact E; any difference here is a group scale fp4q gets wrong."""
+    j = 0..16), in the whole band below every normal power of two (k = -125..127, j = 1..64: the
+    rounded log2 reaches k for up to 44 floats below 2^k when |k| > 64) and on 2^20 log-uniform
+    amax: vs the exact floor (frexp, fp4q before the third run) and vs floor(RN32(log2 x)) (a
+    correctly rounded float32 log2: fp4q's rule since, src/pipeline/act_quant.cpp
+    triton_floor_log2). fp4q's MXFP4 scale is 2^(E-2)·RN(4/3) with that E; any difference here is a
+    group scale fp4q gets wrong."""
     import math
     import torch
     ops = triton_ops()
@@ -550,27 +593,85 @@ def probe_log2(log, device, out):
     assert [float(v) for v in x.tolist()] == xs
     ex = torch.tensor(exact, dtype=torch.float32, device=device)
     kern = ops.floor_log2(x)
-    rn32 = torch.floor(torch.log2(x.double()).float())
+    rn32 = floor_log2_rn32(x)
     tfl = torch.floor(torch.log2(x))
     bad = torch.nonzero(kern != ex).flatten().tolist()
     rows = [(xs[i], exact[i], float(kern[i])) for i in bad]
     res = {"near_pow2": len(xs), "kernel_vs_exact": len(bad), "kernel_vs_rn32": int((kern != rn32).sum()),
            "torch_vs_kernel": int((tfl != kern).sum()), "examples": rows[:40]}
-    # the whole scale expression vs fp4q's 2^(E-2)·RN(4/3) with exact E
-    want = torch.exp2(ex - 2) * (1.0 / torch.tensor(0.75, device=device))
-    res["mxscale_vs_fp4q"] = int((ops.mxscale(x) != want).sum())
+    r43 = 1.0 / torch.tensor(0.75, device=device)  # RN(4/3)
+    # the whole scale expression vs fp4q's 2^(E-2)·RN(4/3), E = floor(RN32(log2)), and with the exact E
+    res["mxscale_vs_fp4q"] = int((ops.mxscale(x) != torch.exp2(rn32 - 2) * r43).sum())
+    res["mxscale_vs_exact_rule"] = int((ops.mxscale(x) != torch.exp2(ex - 2) * r43).sum())
+    # every float in the band below each normal power of two, and a few above
+    bx = [math.ldexp(1 - j * 2.0 ** -24, k) for k in range(-125, 128) for j in range(1, 65)]
+    bx += [math.ldexp(1 + j * 2.0 ** -23, k) for k in range(-125, 128) for j in range(0, 9)]
+    xb = torch.tensor(bx, dtype=torch.float32, device=device)
+    kb = ops.floor_log2(xb)
+    rb = floor_log2_rn32(xb)
+    eb = floor_log2_exact(xb)
+    bad_b = torch.nonzero(kb != rb).flatten().tolist()
+    res["band"] = {"n": len(bx), "kernel_vs_rn32": len(bad_b), "kernel_vs_exact": int((kb != eb).sum()),
+                   "rn32_vs_exact": int((rb != eb).sum()),
+                   # (a scale below 2^-126 is subnormal: left out, no activation gets there)
+                   "mxscale_vs_fp4q": int(((ops.mxscale(xb) != torch.exp2(rb - 2) * r43) & (rb >= -124)).sum()),
+                   "examples_kernel_vs_rn32": [(bx[i], float(rb[i]), float(kb[i])) for i in bad_b[:20]]}
     g = torch.Generator(device="cpu").manual_seed(9)
     r = torch.exp2(torch.rand(1 << 20, generator=g, dtype=torch.float64) * 60 - 30).float().to(device)
-    e_r = torch.frexp(r)[1].float() - 1
-    res["random"] = {"n": r.numel(), "kernel_vs_exact": int((ops.floor_log2(r) != e_r).sum()),
-                     "mxscale_vs_fp4q": int((ops.mxscale(r) != torch.exp2(e_r - 2) * (1.0 / torch.tensor(0.75, device=device))).sum())}
+    e_r = floor_log2_exact(r)
+    k_r = ops.floor_log2(r)
+    rn_r = floor_log2_rn32(r)
+    res["random"] = {"n": r.numel(), "kernel_vs_exact": int((k_r != e_r).sum()),
+                     "kernel_vs_rn32": int((k_r != rn_r).sum()),
+                     "mxscale_vs_exact_rule": int((ops.mxscale(r) != torch.exp2(e_r - 2) * r43).sum()),
+                     "mxscale_vs_fp4q": int((ops.mxscale(r) != torch.exp2(rn_r - 2) * r43).sum())}
     ints = torch.arange(-40, 41, dtype=torch.float32, device=device)
     res["exp2_int_exact"] = bool((ops.exp2(ints) == torch.exp2(ints.double()).float()).all())
     log(f"  triton floor(log2 x) near powers of two ({len(xs)} x): != exact floor {len(bad)} "
         f"(!= floor(RN32(log2)) {res['kernel_vs_rn32']}, torch's floor(log2) != kernel {res['torch_vs_kernel']}); "
-        f"MXFP4 scale != fp4q's {res['mxscale_vs_fp4q']}; random amax {res['random']}; exp2(int) exact "
+        f"MXFP4 scale != fp4q's rule (floor(RN32 log2)) {res['mxscale_vs_fp4q']}, != the exact-floor rule "
+        f"{res['mxscale_vs_exact_rule']}; random amax {res['random']}; exp2(int) exact "
         f"{res['exp2_int_exact']}" + (f"; first (x, exact, kernel): {rows[:12]}" if rows else ""))
+    b_ = res["band"]
+    log(f"  triton floor(log2 x) in the band below every normal power of two ({b_['n']} x, k = -125..127): "
+        f"!= floor(RN32(log2)) {b_['kernel_vs_rn32']} (fp4q's rule; must be 0), != exact floor {b_['kernel_vs_exact']} "
+        f"(RN32 != exact: {b_['rn32_vs_exact']}); MXFP4 scale != fp4q's {b_['mxscale_vs_fp4q']}"
+        + (f"; first (x, rn32, kernel): {b_['examples_kernel_vs_rn32'][:8]}" if b_["examples_kernel_vs_rn32"] else ""))
     out["log2"] = res
+
+
+def probe_mxfp4_band(log, device, out):
+    """FP-Quant's real MXFP4 kernel (forward_pseudoquantize, float32, identity rotation so that the
+    kernel's group max is the input's) on groups whose max lies in the band just below a power of
+    two (k = -30..30, j = 1..48 floats below 2^k, the other 31 values fractions of it, signs
+    mixed), against fpq_rule with fp4q's rule (table reciprocals, floor(RN32 log2): must be 0
+    differing elements) and with the exact floor (fp4q before the third run). bf16 inputs cannot
+    reach the band without a rotation (a bf16 group max is bf16-exact); the kernel takes the same
+    float32 tl.log2 of the float32 tl.dot output in both dtypes."""
+    import math
+    import torch
+    from fp_quant import FPQuantDtype
+    from fp_quant.module.pseudoquant_linear_fns import forward_pseudoquantize
+    amax = [math.ldexp(1 - j * 2.0 ** -24, k) for k in range(-30, 31) for j in range(1, 49)]
+    a = torch.tensor(amax, dtype=torch.float64)
+    fr = torch.tensor([0.1, -0.05, 0.3, -0.55, 0.9, 0.02, -0.7, 0.15], dtype=torch.float64)
+    cols = (fr.repeat(4) * (1 - torch.arange(32, dtype=torch.float64) / 64))
+    x = (a[:, None] * cols[None, :]).float()
+    x[:, 7] = -a.float()
+    x = x.to(device).contiguous()
+    H = torch.eye(32, dtype=torch.float32, device=device)
+    y = forward_pseudoquantize(x, H, torch.tensor([1.0], device=device), FPQuantDtype.MXFP4, "abs_max")[0]
+    r_fp4q = fpq_rule(x, H, None, "mxfp4", rcp=fp4q_rcp, floor_log2=floor_log2_rn32)
+    r_exact = fpq_rule(x, H, None, "mxfp4", rcp=fp4q_rcp, floor_log2=floor_log2_exact)
+    rows_bumped = int((floor_log2_rn32(x.abs().amax(-1)) != floor_log2_exact(x.abs().amax(-1))).sum())
+    res = {"groups": x.shape[0], "groups_in_band": rows_bumped,
+           "kernel_vs_fp4q": int((y != r_fp4q).sum()), "kernel_vs_exact_rule": int((y != r_exact).sum()),
+           "groups_kernel_vs_exact_rule": int((y != r_exact).any(-1).sum())}
+    log(f"  kernel mxfp4/float32 on {res['groups']} groups with max 1..48 floats below 2^k (k = -30..30; "
+        f"{rows_bumped} where floor(RN32 log2) != exact floor): != fp4q's rule {res['kernel_vs_fp4q']} elements "
+        f"(must be 0), != the exact-floor rule {res['kernel_vs_exact_rule']} elements in "
+        f"{res['groups_kernel_vs_exact_rule']} groups")
+    out["mxfp4_band"] = res
 
 
 def run_kernels(log, device, res, out_dir):
@@ -591,15 +692,17 @@ def run_kernels(log, device, res, out_dir):
                 for gsv in (1232.0, 498.0):
                     gs = torch.tensor([gsv], dtype=dt, device=device)
                     y = forward_pseudoquantize(x, H, gs, FPQuantDtype(fmt), "abs_max")[0]
-                    for model, kw in (("rn", {}), ("hw", {"rcp": ops.rcp, "floor_log2": ops.floor_log2})):
+                    for model, kw in (("rn", {}), ("hw", {"rcp": ops.rcp, "floor_log2": ops.floor_log2}),
+                                      ("fp4q", {"rcp": fp4q_rcp, "floor_log2": floor_log2_rn32})):
                         r = fpq_rule(x, H, gs, fmt, **kw)
                         diff = (y.float() != r.float())
                         out[key][f"gs{gsv:g}/{model}"] = {"elements": diff.numel(), "differ": int(diff.sum()),
                                                           "max_abs_diff": float((y.float() - r.float()).abs().max())}
                     if fmt == "mxfp4":
                         break  # no global scale
-                log(f"  kernel {key:<26} differing elements, rule with GPU reciprocals / with RN(1/b): " + ", ".join(
-                    f"gs {k.split('/')[0][2:]}: {v['differ']}" + ("" if k.endswith("hw") else " (RN)")
+                log(f"  kernel {key:<26} differing elements, rule with RN(1/b) / GPU reciprocals / fp4q's table and "
+                    f"floor(RN32 log2): " + ", ".join(
+                    f"gs {k.split('/')[0][2:]}: {v['differ']}" + {"rn": " (RN)", "hw": "", "fp4q": " (fp4q)"}[k.split('/')[1]]
                     for k, v in out[key].items()) + f"  of {diff.numel()}")
     # Ties: identity rotation, NVFP4 with gs = 1 and group max 6 (scale exactly 1): the kernel's
     # answer at 0.75, 1.75, 3.5 is the tie rule itself (toward zero: 0.5, 1.5, 3; RNE: 1, 2, 4).
@@ -611,7 +714,8 @@ def run_kernels(log, device, res, out_dir):
         got = [float(v) for v in y[0, 1:11]]
         out[f"ties/{str(dt).split('.')[-1]}"] = got
         log(f"  ties {str(dt):<15} 0.25 0.75 1.25 1.75 2.5 3.5 5 -0.75 -1.75 -3.5 -> {got}")
-    for probe in (lambda: probe_rcp(log, device, out, out_dir), lambda: probe_log2(log, device, out)):
+    for probe in (lambda: probe_rcp(log, device, out, out_dir), lambda: probe_log2(log, device, out),
+                  lambda: probe_mxfp4_band(log, device, out)):
         try:
             probe()
         except Exception:  # noqa: BLE001
@@ -659,7 +763,8 @@ def captured_check(log, model, lg_ids, device, tag):
     elsewhere (GEMM summation order) into flipped FP4 codes; this check does not."""
     ops = triton_ops()
     res = {}
-    for model_name, kw in (("hw", {"rcp": ops.rcp, "floor_log2": ops.floor_log2}), ("rn", {})):
+    for model_name, kw in (("hw", {"rcp": ops.rcp, "floor_log2": ops.floor_log2}), ("rn", {}),
+                           ("fp4q", {"rcp": fp4q_rcp, "floor_log2": floor_log2_rn32})):
         tot = diff = 0
         worst = []
         for names, mods, x in capture_groups(model, lg_ids, device):
@@ -672,8 +777,9 @@ def captured_check(log, model, lg_ids, device, tag):
                 if d:
                     worst.append((name, d))
         res[model_name] = {"elements": tot, "differ": diff, "by_linear": worst[:32]}
-        log(f"  captured inputs {tag}: kernel vs the rule with "
-            f"{'GPU reciprocals' if model_name == 'hw' else 'RN(1/b) (fp4q before the probe)'}: differing elements "
+        label = {"hw": "GPU reciprocals", "rn": "RN(1/b) (fp4q before the probe)",
+                 "fp4q": "fp4q's table and floor(RN32 log2)"}[model_name]
+        log(f"  captured inputs {tag}: kernel vs the rule with {label}: differing elements "
             f"{diff} / {tot}" + (f"  (first: {worst[:4]})" if worst else ""))
     res.update(res["hw"])
     return res
@@ -1163,7 +1269,10 @@ def ct_harness(log, case, man, root, device, res, ct):
 
 def main(argv=None):
     a = parse_args(argv)
-    man, missing = load_manifest(a.root, a.cases)
+    if a.kernels_only:
+        man, missing = {"model": "(none: --kernels-only)", "seqlen": 0, "cases": []}, []
+    else:
+        man, missing = load_manifest(a.root, a.cases)
     if a.dry_run:
         print(json.dumps({"model": man["model"], "cases": [c["name"] for c in man["cases"]], "missing": missing}))
         return 1 if missing else 0
@@ -1220,7 +1329,7 @@ def main(argv=None):
     t0 = time.time()
     order_floor = None
     of = os.path.join(a.root, "fp4q_order_floor.json")
-    if os.path.exists(of):
+    if a.root and os.path.exists(of):
         order_floor = json.load(open(of))["cases"]
         results["fp4q_order_floor"] = order_floor
     if "original" in man:
