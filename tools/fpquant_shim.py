@@ -431,7 +431,10 @@ def main(argv):
                     yield torch.frombuffer(buf, dtype=torch.float32).view(T, V).to(dev)
             return
         if ref_state["model"] is None:
-            ref_state["model"] = real_auto.from_pretrained(a.kl_reference, dtype=torch.float32).to(dev).eval()
+            rm = real_auto.from_pretrained(a.kl_reference, dtype=torch.float32).to(dev).eval()
+            rm.config.use_cache = False  # as model_quant.main sets it for the evaluated model
+            rm.requires_grad_(False)
+            ref_state["model"] = rm
             log["kl_reference_loaded"] = a.kl_reference
         rm = ref_state["model"]
         out = None
