@@ -140,7 +140,7 @@ void add_quantize(CLI::App& app) {
   c->add_option("OUT", a->out, "Output directory (must not exist unless --force)")->required();
   c->add_option("-f,--format", a->format, "Target format: " + format_names())->capture_default_str();
   c->add_option("-m,--method", a->method, "rtn | gptq | mr-gptq")->capture_default_str();
-  c->add_option("--hadamard", a->hadamard, "Rotation block 0|16|32|64|128 (default: 16 nvfp4 / 32 mxfp4 for mr-gptq, 0 otherwise)");
+  c->add_option("--hadamard", a->hadamard, "Rotation block 0|16|32|64|128 (default for mr-gptq: 16 nvfp4 weight-only, 0 nvfp4 with --activations fp4, 32 mxfp4; 0 otherwise)");
   c->add_option("--scales", a->scales, "absmax | mse (default: mse for mr-gptq, absmax otherwise); ablations: mse-absgs (no NVFP4 global-scale search), fpquant (FP-Quant's L2.4 observer), mse-hess (diag(H)-weighted)");
   c->add_option("--act-order", a->act_order, "static | none")->capture_default_str();
   c->add_option("--damp", a->damp, "Relative Hessian damping")->capture_default_str();

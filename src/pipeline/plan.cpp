@@ -44,9 +44,15 @@ QuantSettings resolve_settings(format::FormatId fmt, Method m, int hadamard,
   QuantSettings s;
   s.format = fmt;
   s.method = m;
+  // MR-GPTQ rotates by the format's block (16 NVFP4, 32 MXFP4) as in the paper, except NVFP4 with
+  // FP4 activations: there the rotation costs accuracy, measured on both evaluation models by KL
+  // to the unquantized model (docs/issue9-notes.md §8; FP-Quant's own MR-GPTQ shows the same), so
+  // that default is no rotation. An explicit --hadamard always wins.
   s.hadamard = hadamard >= 0 ? hadamard
-               : m == Method::kMrGptq ? format::spec(fmt).default_hadamard
-                                      : 0;
+               : m != Method::kMrGptq ? 0
+               : (fmt == format::FormatId::kNVFP4 && acts == exporter::Activations::kFp4)
+                   ? 0
+                   : format::spec(fmt).default_hadamard;
   s.scales = !scales.empty() ? format::parse_scale_method(scales)
              : m == Method::kMrGptq ? format::ScaleMethod::kMse
                                     : format::ScaleMethod::kAbsmax;
@@ -57,7 +63,7 @@ QuantSettings resolve_settings(format::FormatId fmt, Method m, int hadamard,
   if (s.hadamard != 0 && (s.hadamard < 2 || !transform::is_power_of_two(s.hadamard)))
     throw Error(ErrorKind::kUsage,
                 "rotation block must be 0 or a power of two >= 2, got " + std::to_string(s.hadamard),
-                "--hadamard", "MR-GPTQ uses 16 for nvfp4 and 32 for mxfp4");
+                "--hadamard", "MR-GPTQ uses 16 for weight-only nvfp4 and 32 for mxfp4");
   if (!(damp > 0 && damp < 10))
     throw Error(ErrorKind::kUsage, "damping must be in (0, 10), got " + std::to_string(damp), "--damp");
   return s;

@@ -31,6 +31,19 @@ TEST(Plan, MethodDefaults) {
   EXPECT_THROW(pipeline::parse_method("awq"), Error);
 }
 
+// NVFP4 with FP4 activations (W4A4): MR-GPTQ's default is no rotation (measured, issue 9); weight-only
+// NVFP4 and MXFP4 in both modes keep the paper's blocks; an explicit block always wins.
+TEST(Plan, MrGptqRotationDefaultDependsOnActivations) {
+  auto w4a4 = [](format::FormatId f, int had) {
+    return pipeline::resolve_settings(f, Method::kMrGptq, had, "", true, 0.01, exporter::Activations::kFp4, {});
+  };
+  EXPECT_EQ(w4a4(format::FormatId::kNVFP4, -1).hadamard, 0);
+  EXPECT_EQ(w4a4(format::FormatId::kNVFP4, -1).scales, format::ScaleMethod::kMse);
+  EXPECT_EQ(w4a4(format::FormatId::kNVFP4, 16).hadamard, 16);
+  EXPECT_EQ(w4a4(format::FormatId::kMXFP4, -1).hadamard, 32);
+  EXPECT_EQ(settings(format::FormatId::kNVFP4, Method::kMrGptq).hadamard, 16);  // W4A16
+}
+
 TEST(Plan, Stories260KDownProjIsKeptBecause172IsNotDivisible) {
   const auto files = io::ModelFiles::open(kModel);
   const auto plan = pipeline::make_plan(files, settings(format::FormatId::kNVFP4, Method::kMrGptq));
