@@ -49,7 +49,8 @@
 # FP-Quant's own default for a bf16 checkpoint, where the bug does not occur); e.g. nvfp4-w4a4-mrgptq-fused-fix.
 #   mrgptqh: fp4q only: mr-gptq --scales mse-hess (diag(H)-weighted MSE scales, the issue-9 candidate)
 # fp4q: --method rtn | gptq | mr-gptq with its defaults (gptq: absmax, no rotation, static
-# act-order; mr-gptq: rotation 16/32, MSE scales, static act-order; mrgptq0: mr-gptq --hadamard 0).
+# act-order; mr-gptq: rotation 16/32 (NVFP4 W4A4: none since 2ff3d96, so nvfp4-w4a4-mrgptq equals
+# -mrgptq0 there), MSE scales, static act-order; mrgptq0: mr-gptq --hadamard 0).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 fp4q="${FP4Q:-$here/build/fp4q}"
@@ -75,7 +76,7 @@ all_cells() {
   done; done; done
 }
 
-usage() { sed -n '2,52p' "$0" >&2; exit 2; }
+usage() { sed -n '2,53p' "$0" >&2; exit 2; }
 kl="${KL:-0}"
 
 cut_ids() {  # $1 = ids file: keep the first EVAL_MAX_TOKENS ids (0 = all)
