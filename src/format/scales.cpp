@@ -129,29 +129,36 @@ typedef float V8f __attribute__((vector_size(32)));
 typedef int32_t V8i __attribute__((vector_size(32)));
 typedef double V8d __attribute__((vector_size(64)));
 
+// detail::e2m1_magnitude of 8 lanes as masked adds (every partial sum is a multiple of 0.5 <= 6:
+// exact). always_inline: each target clone of the kernels below compiles it for its own ISA.
+__attribute__((always_inline)) inline void e2m1_magnitude8(const V8f& v, V8f* m) {
+  // (result through a pointer: a vector return value would trip GCC's -Wpsabi note on the
+  // baseline clone; after inlining there is no call at all)
+  const V8i H = reinterpret_cast<V8i>(V8f{0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f});
+  const V8i O = reinterpret_cast<V8i>(V8f{1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f});
+  const V8i T = reinterpret_cast<V8i>(V8f{2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f});
+  *m = reinterpret_cast<V8f>((v > detail::kE2M1Mid[0]) & H) +
+       reinterpret_cast<V8f>((v >= detail::kE2M1Mid[1]) & H) +
+       reinterpret_cast<V8f>((v > detail::kE2M1Mid[2]) & H) +
+       reinterpret_cast<V8f>((v >= detail::kE2M1Mid[3]) & H) +
+       reinterpret_cast<V8f>((v > detail::kE2M1Mid[4]) & O) +
+       reinterpret_cast<V8f>((v >= detail::kE2M1Mid[5]) & O) +
+       reinterpret_cast<V8f>((v > detail::kE2M1Mid[6]) & T);
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void e2m1_group_errors8(const float* ax, int g, const float* s, const float* cw, double* err) {
   V8f S;
   for (int k = 0; k < 8; ++k) S[k] = s[k];
-  // detail::e2m1_magnitude as masked adds (every partial sum is a multiple of 0.5 <= 6: exact);
-  // written out (no lambdas) so each target clone inlines it.
-  const V8i H = reinterpret_cast<V8i>(V8f{0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f});
-  const V8i O = reinterpret_cast<V8i>(V8f{1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f});
-  const V8i T = reinterpret_cast<V8i>(V8f{2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f});
   V8d e = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int j = 0; j < g; ++j) {
     const float a = ax[j];
     const V8f A = {a, a, a, a, a, a, a, a};
     const V8f v = A / S;
-    const V8f m = reinterpret_cast<V8f>((v > detail::kE2M1Mid[0]) & H) +
-                  reinterpret_cast<V8f>((v >= detail::kE2M1Mid[1]) & H) +
-                  reinterpret_cast<V8f>((v > detail::kE2M1Mid[2]) & H) +
-                  reinterpret_cast<V8f>((v >= detail::kE2M1Mid[3]) & H) +
-                  reinterpret_cast<V8f>((v > detail::kE2M1Mid[4]) & O) +
-                  reinterpret_cast<V8f>((v >= detail::kE2M1Mid[5]) & O) +
-                  reinterpret_cast<V8f>((v > detail::kE2M1Mid[6]) & T);
+    V8f m;
+    e2m1_magnitude8(v, &m);
     const V8f P = m * S;
     const V8d diff = static_cast<double>(a) - __builtin_convertvector(P, V8d);
     if (cw) {
@@ -423,29 +430,16 @@ void e2m1_lane_errors16(const float* axT, int g, const float* s, const float* cw
   V8f S0, S1;
   __builtin_memcpy(&S0, s, sizeof S0);
   __builtin_memcpy(&S1, s + 8, sizeof S1);
-  const V8i H = reinterpret_cast<V8i>(V8f{0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f});
-  const V8i O = reinterpret_cast<V8i>(V8f{1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f});
-  const V8i T = reinterpret_cast<V8i>(V8f{2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f, 2.0f});
   V8d e0 = {0, 0, 0, 0, 0, 0, 0, 0}, e1 = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int j = 0; j < g; ++j) {
     V8f A0, A1;
     __builtin_memcpy(&A0, axT + j * kLanes, sizeof A0);
     __builtin_memcpy(&A1, axT + j * kLanes + 8, sizeof A1);
     const V8f v0 = A0 / S0, v1 = A1 / S1;
-    const V8f m0 = reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[0]) & H) +
-                   reinterpret_cast<V8f>((v0 >= detail::kE2M1Mid[1]) & H) +
-                   reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[2]) & H) +
-                   reinterpret_cast<V8f>((v0 >= detail::kE2M1Mid[3]) & H) +
-                   reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[4]) & O) +
-                   reinterpret_cast<V8f>((v0 >= detail::kE2M1Mid[5]) & O) +
-                   reinterpret_cast<V8f>((v0 > detail::kE2M1Mid[6]) & T);
-    const V8f m1 = reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[0]) & H) +
-                   reinterpret_cast<V8f>((v1 >= detail::kE2M1Mid[1]) & H) +
-                   reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[2]) & H) +
-                   reinterpret_cast<V8f>((v1 >= detail::kE2M1Mid[3]) & H) +
-                   reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[4]) & O) +
-                   reinterpret_cast<V8f>((v1 >= detail::kE2M1Mid[5]) & O) +
-                   reinterpret_cast<V8f>((v1 > detail::kE2M1Mid[6]) & T);
+    V8f m0;
+    e2m1_magnitude8(v0, &m0);
+    V8f m1;
+    e2m1_magnitude8(v1, &m1);
     const V8f P0 = m0 * S0, P1 = m1 * S1;
     const V8d d0 = __builtin_convertvector(A0, V8d) - __builtin_convertvector(P0, V8d);
     const V8d d1 = __builtin_convertvector(A1, V8d) - __builtin_convertvector(P1, V8d);
