@@ -23,34 +23,9 @@ namespace {
 // Output tile of gemm: big enough that packing overhead is < 1 %, small enough for load balance.
 constexpr int64_t kTileM = 256;
 constexpr int64_t kTileN = 1024;
-// Square tile of syrk and row/column chunk of trsm: at most these, and smaller for small
-// problems, so that the deep levels of the recursive Cholesky / triangular inverse (n of a few
-// thousand) still offer enough independent tiles to feed many cores. A function of the problem
-// size only (never of the thread count), so the bits do not depend on the number of threads.
+// Square tile of syrk and row/column chunk of trsm.
 constexpr int64_t kTileS = 512;
 constexpr int64_t kChunk = 256;
-constexpr int64_t kMinTileS = 128;
-constexpr int64_t kMinChunk = 64;
-constexpr int64_t kWantTiles = 64;  // aim: at least this many tiles/chunks per call
-
-// Side of the syrk tile for an n x n result: the largest multiple of 64 in [kMinTileS, kTileS]
-// that gives about kWantTiles lower-triangle tiles.
-int64_t syrk_tile(int64_t n) {
-  int64_t t = kTileS;
-  while (t > kMinTileS) {
-    const int64_t nt = (n + t - 1) / t;
-    if (nt * (nt + 1) / 2 >= kWantTiles) break;
-    t -= 64;
-  }
-  return t;
-}
-
-// Row (trsm_right_lower) or column (trsm_left_lower) chunk for m rows/columns.
-int64_t trsm_chunk(int64_t m) {
-  int64_t c = kChunk;
-  while (c > kMinChunk && (m + c - 1) / c < kWantTiles) c -= 32;
-  return c;
-}
 
 std::mutex g_mu;
 int g_depth = 0;
@@ -113,10 +88,10 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
 
 namespace {
 
-// Lower-triangle tiles (I >= J) of an n x n matrix in ts blocks, as a flat list.
-std::vector<std::pair<int64_t, int64_t>> lower_tiles(int64_t n, int64_t ts) {
+// Lower-triangle tiles (I >= J) of an n x n matrix in kTileS blocks, as a flat list.
+std::vector<std::pair<int64_t, int64_t>> lower_tiles(int64_t n) {
   std::vector<std::pair<int64_t, int64_t>> t;
-  const int64_t nt = ceil_div(n, ts);
+  const int64_t nt = ceil_div(n, kTileS);
   for (int64_t i = 0; i < nt; ++i)
     for (int64_t j = 0; j <= i; ++j) t.emplace_back(i, j);
   return t;
@@ -128,11 +103,10 @@ void syrk_xtx(int64_t n, int64_t k, float alpha, const float* x, int64_t ldx, fl
               int64_t ldc) {
   if (n <= 0) return;
   BlasSerialGuard guard;
-  const int64_t ts = syrk_tile(n);
-  const auto tiles = lower_tiles(n, ts);
+  const auto tiles = lower_tiles(n);
   run_tiles(static_cast<int64_t>(tiles.size()), double(n) * n * k, [&](int64_t t) {
-    const int64_t i0 = tiles[t].first * ts, j0 = tiles[t].second * ts;
-    const int64_t ni = std::min(ts, n - i0), nj = std::min(ts, n - j0);
+    const int64_t i0 = tiles[t].first * kTileS, j0 = tiles[t].second * kTileS;
+    const int64_t ni = std::min(kTileS, n - i0), nj = std::min(kTileS, n - j0);
     float* ct = c + i0 * ldc + j0;
     if (i0 == j0) {
       cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, bi(ni), bi(k), alpha, x + i0, bi(ldx),
@@ -148,11 +122,10 @@ void syrk_aat(int64_t n, int64_t k, float alpha, const float* a, int64_t lda, fl
               int64_t ldc) {
   if (n <= 0) return;
   BlasSerialGuard guard;
-  const int64_t ts = syrk_tile(n);
-  const auto tiles = lower_tiles(n, ts);
+  const auto tiles = lower_tiles(n);
   run_tiles(static_cast<int64_t>(tiles.size()), double(n) * n * k, [&](int64_t t) {
-    const int64_t i0 = tiles[t].first * ts, j0 = tiles[t].second * ts;
-    const int64_t ni = std::min(ts, n - i0), nj = std::min(ts, n - j0);
+    const int64_t i0 = tiles[t].first * kTileS, j0 = tiles[t].second * kTileS;
+    const int64_t ni = std::min(kTileS, n - i0), nj = std::min(kTileS, n - j0);
     float* ct = c + i0 * ldc + j0;
     if (i0 == j0) {
       cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, bi(ni), bi(k), alpha, a + i0 * lda,
@@ -168,9 +141,8 @@ void trsm_right_lower(bool trans, int64_t m, int64_t n, float alpha, const float
                       float* b, int64_t ldb) {
   if (m <= 0 || n <= 0) return;
   BlasSerialGuard guard;
-  const int64_t ch = trsm_chunk(m);
-  run_tiles(ceil_div(m, ch), double(m) * n * n, [&](int64_t t) {
-    const int64_t i0 = t * ch, mm = std::min(ch, m - i0);
+  run_tiles(ceil_div(m, kChunk), double(m) * n * n, [&](int64_t t) {
+    const int64_t i0 = t * kChunk, mm = std::min(kChunk, m - i0);
     cblas_strsm(CblasRowMajor, CblasRight, CblasLower, trans ? CblasTrans : CblasNoTrans,
                 CblasNonUnit, bi(mm), bi(n), alpha, l, bi(ldl), b + i0 * ldb, bi(ldb));
   });
@@ -180,9 +152,8 @@ void trsm_left_lower(int64_t m, int64_t n, float alpha, const float* l, int64_t 
                      int64_t ldb) {
   if (m <= 0 || n <= 0) return;
   BlasSerialGuard guard;
-  const int64_t ch = trsm_chunk(n);
-  run_tiles(ceil_div(n, ch), double(m) * m * n, [&](int64_t t) {
-    const int64_t j0 = t * ch, nn = std::min(ch, n - j0);
+  run_tiles(ceil_div(n, kChunk), double(m) * m * n, [&](int64_t t) {
+    const int64_t j0 = t * kChunk, nn = std::min(kChunk, n - j0);
     cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, bi(m), bi(nn),
                 alpha, l, bi(ldl), b + j0, bi(ldb));
   });
