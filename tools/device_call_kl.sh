@@ -23,6 +23,9 @@
 # does, at the latest after CALL_SECONDS (default 560, inside the 600 s command limit).
 # $OUT: fpq/fpquant.jsonl (one record per cell; eval.<text>.fp32.{ppl,kl}), fpq/fpquant.log (each cell's
 # log tail), fpquant.out (console, timings), gpu.txt.
+# SBS (default .device/sbs-kl) and SBS_EVALS (default "eval-frankenstein eval-wikitext2 eval-indomain"):
+# the work directory and the eval files it must hold. DUMP_TOKENS=1: also every cell's per-token
+# scores (tools/paired_compare.py), returned as $OUT/fpq/tokens.tar.xz.
 # Here, after: cp <files_at>/fpq/fpquant.jsonl tests/data/side_by_side/llama23m-kl-2026-12-03/fpquant-kl.jsonl
 #   python3 tools/side_by_side_summary.py tests/data/side_by_side/llama23m-kl-2026-12-03
 set -u
@@ -34,8 +37,9 @@ mkdir -p models "$out/fpq"
 want=cb301bffc33ac0f3c687ecbf8b7517f72d6ad35e5d7c484cfdda08c2e966aaa2   # llama23m-2026-12-03/model.sha256
 have="$(sha256sum models/fp4q-llama-23m/model.safetensors | cut -d' ' -f1)"
 [ "$have" = "$want" ] || { echo "model.safetensors sha256 $have, expected $want" | tee "$out/fpquant.out"; exit 3; }
-for f in calib eval-frankenstein eval-wikitext2 eval-indomain; do
-  [ -s ".device/sbs-kl/$f.json" ] || { echo "missing .device/sbs-kl/$f.json" | tee "$out/fpquant.out"; exit 3; }
+sbs="${SBS:-.device/sbs-kl}"   # SBS: another work directory (e.g. only calib.json + eval-indomain.json)
+for f in calib ${SBS_EVALS:-eval-frankenstein eval-wikitext2 eval-indomain}; do
+  [ -s "$sbs/$f.json" ] || { echo "missing $sbs/$f.json" | tee "$out/fpquant.out"; exit 3; }
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 python3 tools/fpquant_shim.py --self-test >> "$out/gpu.txt" 2>&1 || { cat "$out/gpu.txt"; exit 1; }
@@ -46,9 +50,12 @@ cells="${FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix mxfp4-w4a4-mrgptq-fix nvfp4-w4a16-mrgp
 left=$(( ${CALL_SECONDS:-560} - ($(date +%s) - t0) - 10 ))
 CELLS="$cells" UNQUANTIZED_CELLS="${UNQUANTIZED_CELLS:-unquantized unquantized-bf16}" \
   JOBS="${JOBS:-18}" KL=1 EVAL_DTYPES="${EVAL_DTYPES:-fp32}" KL_CACHE="${KL_CACHE:-/tmp/klcache}" \
-  timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m .device/sbs-kl \
+  timeout "$left" bash tools/fpquant_side_by_side.sh fpquant models/fp4q-llama-23m "$sbs" \
   .ref/FP-Quant "$out/fpq" > "$out/fpquant.out" 2>&1
 echo "fpquant rc=$? after $(( $(date +%s) - t0 )) s; $(wc -l < "$out/fpq/fpquant.jsonl") records" >> "$out/fpquant.out"
 rm -rf "${KL_CACHE:-/tmp/klcache}"
+if [ -d "$out/fpq/tokens" ]; then   # DUMP_TOKENS=1: per-token scores, compressed for the trip back
+  tar -cf - -C "$out/fpq" tokens | xz -6 > "$out/fpq/tokens.tar.xz" && rm -rf "$out/fpq/tokens"
+fi
 tail -25 "$out/fpquant.out"
 ls -la "$out" "$out/fpq"

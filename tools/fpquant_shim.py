@@ -193,6 +193,9 @@ def parse_args(argv):
                         "are not affected (.float() copies)")
     p.add_argument("--kl-reference", metavar="MODEL_DIR",
                    help="unquantized model: also score KL(P_ref || P_q), top-1 agreement and its perplexity")
+    p.add_argument("--dump-tokens", metavar="DIR",
+                   help="with --kl-reference: write DIR/TAG-TEXT-DTYPE.tsv, one line per scored token "
+                        "(window, nll, ref_nll, kl), the format of `fp4q eval --dump-tokens`")
     p.add_argument("--kl-cache", metavar="DIR",
                    help="directory for the reference's fp32 logits per text (shared by cells; default: none, "
                         "each cell computes them)")
@@ -467,8 +470,9 @@ def main(argv):
             for name, ids in evals:
                 total, count = 0.0, 0
                 kl, agree, dnll, ref_total = [], [], [], 0.0
+                tok_rows = []  # (window, nll, ref_nll) per scored token, for --dump-tokens
                 refs = reference_logits(name, ids, dev) if a.kl_reference else None
-                for w in eval_windows(ids, a.eval_seqlen):
+                for wi, w in enumerate(eval_windows(ids, a.eval_seqlen)):
                     x = torch.tensor([w], dtype=torch.long, device=dev)
                     logits = m(x).logits.float()
                     nll = F.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum")
@@ -487,6 +491,8 @@ def main(argv):
                         tgt = x[0, 1:].unsqueeze(1)
                         nq, nr = -lq.gather(1, tgt).squeeze(1), -lr.gather(1, tgt).squeeze(1)
                         dnll += (nq - nr).tolist()
+                        if a.dump_tokens:
+                            tok_rows += [(wi, x, y) for x, y in zip(nq.tolist(), nr.tolist())]
                         ref_total += float(nr.sum())
                 mean = total / count
                 rec = {"ppl": math.exp(mean), "nll": mean, "tokens": count}
@@ -495,6 +501,14 @@ def main(argv):
                     for _ in refs:  # exhausts the generator (closes/renames a cache file being written)
                         pass
                     rec["kl"] = kl_stats(kl, agree, dnll, ref_total)
+                    if a.dump_tokens:
+                        os.makedirs(a.dump_tokens, exist_ok=True)
+                        path = os.path.join(a.dump_tokens, f"{a.tag}-{name}-{dt}.tsv")
+                        with open(path + ".part", "w") as f:
+                            f.write("window\tnll\tref_nll\tkl\n")
+                            for (wi, x, y), k in zip(tok_rows, kl):
+                                f.write(f"{wi}\t{x!r}\t{y!r}\t{k!r}\n")
+                        os.replace(path + ".part", path)
                     rec["kl"]["reference"] = a.kl_reference
                     msg = (f", KL {rec['kl']['kl']:.6g} +- {rec['kl']['kl_se']:.2g}, top-1 {rec['kl']['top1']:.4f}, "
                            f"reference ppl {rec['kl']['ref_ppl']:.4f}")

@@ -34,6 +34,9 @@
 # text (default: a temporary directory, removed at the end; ~2 GB per text of 65,536 ids).
 # EVAL_DTYPES (fpquant): the shim's --eval-dtypes (default fp32,bf16). KEEP_OUTPUTS (fp4q): 1 = keep
 # WORK/fp4q/<cell> after scoring, and score a kept output instead of quantizing again.
+# DUMP_TOKENS (with KL=1): 1 = also the per-token scores of every cell and text, for
+# tools/paired_compare.py: fp4q -> WORK/fp4q/tokens/<cell>-<text>-fp32.tsv, fpquant ->
+# OUTDIR/tokens/<cell>-<text>-<dtype>.tsv.
 #
 # Cells: <fmt>-<w4a16|w4a4>-<method>, fmt nvfp4|mxfp4, method rtn|gptq|mrgptq|mrgptq0; FP-Quant NVFP4
 # gptq/mrgptq cells also come as <...>-fused (--fuse_global_scale: one weight global scale for q/k/v and for gate/up,
@@ -133,6 +136,8 @@ fp4q)
       name="$(basename "$ev" .json)"; name="${name#eval-}"
       have "$2" "$name" && continue
       klflag=(); [ "$kl" = 1 ] && klflag=(--kl-reference "$model")
+      [ "$kl" = 1 ] && [ "${DUMP_TOKENS:-0}" = 1 ] && mkdir -p "$out/tokens" &&
+        klflag+=(--dump-tokens "$out/tokens/$2-$name-fp32.tsv")
       line="$("$fp4q" -q -t "$threads" eval "$1" --ids "$ev" --seqlen "$eval_seqlen" "${klflag[@]}")"
       field() { sed -n "s/.*	$1=\([^	]*\).*/\1/p" <<<"	$line"; }
       ppl="$(field ppl)"; nll="$(field nll)"; tok="$(field tokens)"
@@ -219,6 +224,7 @@ fpquant)
   eval_dtypes="${EVAL_DTYPES:-fp32,bf16}"
   klflags=""
   [ "$kl" = 1 ] && klflags="--kl-reference $model --kl-cache ${KL_CACHE:-$tmp/klcache}"
+  [ "$kl" = 1 ] && [ "${DUMP_TOKENS:-0}" = 1 ] && klflags="$klflags --dump-tokens $outdir/tokens"
   export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals outdir eval_dtypes klflags
   cells="${UNQUANTIZED_CELLS:-unquantized} ${CELLS:-$(all_cells fpquant)}"
   start=$(date +%s)

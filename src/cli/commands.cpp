@@ -250,7 +250,7 @@ void add_eval(CLI::App& app) {
             "kl_se (its standard error), kl_median, kl_p90, kl_p99, kl_max, top1 (argmax agreement), top1_se,\n"
             "ref_perplexity, ln_ppl_ratio (mean NLL - reference NLL) and ln_ppl_ratio_se.");
   struct Args {
-    std::string dir, text, ids, activations, format, dump_logits, logits_ids, runtime, dtype, kl_reference;
+    std::string dir, text, ids, activations, format, dump_logits, logits_ids, runtime, dtype, kl_reference, dump_tokens;
     int64_t seqlen = 2048, max_windows = 0;
     int hadamard = -1;
   };
@@ -272,6 +272,9 @@ void add_eval(CLI::App& app) {
   c->add_option("--kl-reference", a->kl_reference,
                 "Reference model (e.g. the unquantized original), run on the same windows: also report KL(P_ref || "
                 "P_model) per token, top-1 agreement and the reference's perplexity (same vocabulary required)");
+  c->add_option("--dump-tokens", a->dump_tokens,
+                "With --kl-reference: write the per-token scores (window, nll, ref_nll, kl; TSV) to this file, "
+                "for token-by-token comparisons of two models on the same ids (tools/paired_compare.py)");
   actions()[c] = [a] {
     pipeline::EvalOptions o;
     o.dir = a->dir;
@@ -291,6 +294,9 @@ void add_eval(CLI::App& app) {
     if (!a->runtime.empty()) o.runtime = static_cast<int>(pipeline::parse_act_runtime(a->runtime));
     if (!a->dtype.empty()) o.dtype = pipeline::parse_compute_dtype(a->dtype);
     o.kl_reference = a->kl_reference;
+    o.dump_tokens = a->dump_tokens;
+    if (!o.dump_tokens.empty() && o.kl_reference.empty())
+      throw Error(ErrorKind::kUsage, "--dump-tokens needs --kl-reference", "--dump-tokens");
     const auto r = pipeline::run_eval(o);
     if (r.tokens == 0) return;
     std::printf("%s\ttokens=%lld\twindows=%lld\tnll=%.6f\tppl=%.4f", a->dir.c_str(),

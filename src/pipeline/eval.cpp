@@ -233,7 +233,7 @@ std::pair<double, double> mean_se(const std::vector<double>& v) {
 // bit-identical to a run without a reference. Memory: the final hidden states of one window batch
 // per model and one row block of logits per model; per-token results are 8-byte values.
 void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int32_t>& ids, int64_t seqlen,
-                             EvalResult& e) {
+                             EvalResult& e, const std::string& dump_tokens) {
   const int64_t V = q.model().config().vocab;
   const int64_t H = q.model().config().hidden, Hr = ref.model().config().hidden;
   for (size_t i = 0; i < ids.size(); ++i)
@@ -245,7 +245,8 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
   const int64_t n = seqlen - 1;  // scored positions per window
   const int64_t kBlock = std::max<int64_t>(1, std::min<int64_t>(256, (int64_t{1} << 24) / V));
   const int64_t per_batch = model::batch_sequences(seqlen);
-  std::vector<double> kl(static_cast<size_t>(windows * n)), dnll(kl.size());
+  std::vector<double> kl(static_cast<size_t>(windows * n)), dnll(kl.size()), all_q, all_r;
+  if (!dump_tokens.empty()) all_q.resize(kl.size()), all_r.resize(kl.size());
   std::vector<double> nll_q(static_cast<size_t>(n)), nll_r(static_cast<size_t>(n));
   std::vector<unsigned char> agree(kl.size());
   std::vector<float> lq, lr;
@@ -301,6 +302,10 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
         sq += nll_q[static_cast<size_t>(t)];
         sr += nll_r[static_cast<size_t>(t)];
         dnll[static_cast<size_t>(tok0 + t)] = nll_q[static_cast<size_t>(t)] - nll_r[static_cast<size_t>(t)];
+        if (!all_q.empty()) {
+          all_q[static_cast<size_t>(tok0 + t)] = nll_q[static_cast<size_t>(t)];
+          all_r[static_cast<size_t>(tok0 + t)] = nll_r[static_cast<size_t>(t)];
+        }
       }
       total_q += sq;
       total_r += sr;
@@ -313,6 +318,19 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
   e.ppl = std::exp(e.mean_nll);
   e.kl.ref_mean_nll = total_r / static_cast<double>(e.tokens);
   e.kl.ref_ppl = std::exp(e.kl.ref_mean_nll);
+  // (before the quantiles below reorder kl)
+  if (!dump_tokens.empty()) {
+    std::string out = "window\tnll\tref_nll\tkl\n";
+    out.reserve(out.size() + kl.size() * 48);
+    char line[128];
+    for (size_t t = 0; t < kl.size(); ++t) {
+      const int len = std::snprintf(line, sizeof line, "%lld\t%.17g\t%.17g\t%.17g\n",
+                                    static_cast<long long>(static_cast<int64_t>(t) / n), all_q[t], all_r[t], kl[t]);
+      out.append(line, static_cast<size_t>(len));
+    }
+    io::write_file_atomic(dump_tokens, out);
+    spdlog::info("wrote {} per-token scores to {}", kl.size(), dump_tokens);
+  }
   std::tie(e.kl.kl_mean, e.kl.kl_se) = mean_se(kl);
   std::tie(e.kl.dnll_mean, e.kl.dnll_se) = mean_se(dnll);
   int64_t same = 0;
@@ -389,7 +407,7 @@ EvalResult run_eval(const EvalOptions& opt) {
   if (ref) {
     if (seqlen < 2)
       throw Error(ErrorKind::kInput, "sequence length must be >= 2, got " + std::to_string(seqlen), "--seqlen");
-    score_against_reference(em, *ref, ids, seqlen, e);
+    score_against_reference(em, *ref, ids, seqlen, e, opt.dump_tokens);
     spdlog::info("{}: {} windows x {} tokens, mean NLL {:.6f}, perplexity {:.4f}; reference {} perplexity {:.4f} "
                  "({:.1f} s)", opt.dir, e.windows, seqlen, e.mean_nll, e.ppl, opt.kl_reference, e.kl.ref_ppl, since(t0));
     spdlog::info("KL(reference || model) per token: mean {:.6g} ± {:.2g} nats, median {:.4g}, 90% {:.4g}, "

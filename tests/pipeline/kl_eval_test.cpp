@@ -2,7 +2,7 @@
 // agreement, quantiles and perplexities it prints against a naive float64 computation from the
 // logits both models dump (`--dump-logits`, one window at a time); a model against itself scores
 // exactly 0; the perplexity is unchanged by the reference; different vocabularies are an input
-// error (exit code 3).
+// error (exit code 3); --dump-tokens writes the per-token values in window order.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -171,6 +171,29 @@ TEST(KlEval, MatchesNaiveFloat64FromDumpedLogits) {
   EXPECT_NEAR(num(f, "ref_perplexity"), std::exp(n.nll_r / tokens), 1e-4);
   EXPECT_NEAR(num(f, "ln_ppl_ratio"), (n.nll_q - n.nll_r) / tokens, 2e-6);
   EXPECT_NEAR(num(f, "ln_ppl_ratio"), mean(n.dnll), 2e-6);
+
+  // --dump-tokens: every scored token in window order, against the naive per-token values (a
+  // file in another order, or with the quantiles' partial sort, fails the per-token check).
+  r = run("-q eval " + q + common + " --kl-reference " + kModel + " --dump-tokens " + (tmp / "tok.tsv"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  {
+    std::ifstream in(tmp / "tok.tsv");
+    std::string head;
+    std::getline(in, head);
+    EXPECT_EQ(head, "window\tnll\tref_nll\tkl");
+    int t = 0;
+    long long w;
+    double nq, nr, k;
+    while (in >> w >> nq >> nr >> k) {
+      ASSERT_LT(t, tokens);
+      EXPECT_EQ(w, t / (kSeqlen - 1)) << t;
+      EXPECT_NEAR(k, n.kl[t], 1e-5 * n.kl[t] + 1e-9) << t;
+      EXPECT_NEAR(nq - nr, n.dnll[t], 2e-5) << t;
+      ++t;
+    }
+    EXPECT_EQ(t, tokens);
+  }
+  EXPECT_EQ(run("-q eval " + q + common + " --dump-tokens " + (tmp / "x.tsv")).code, 2);  // needs --kl-reference
 
   // The reference does not change the evaluated model's perplexity (same windows, same arithmetic).
   const auto plain_q = fields(run("-q eval " + q + common).out, q);

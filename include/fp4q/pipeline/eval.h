@@ -45,6 +45,10 @@ struct EvalOptions {
   // Reference model directory (--kl-reference): evaluated on the same windows in the same run, as
   // stored (activations/runtime/format/hadamard above apply to `dir` only), in the same dtype.
   std::string kl_reference;
+  // With kl_reference: write one line per scored token here (TSV with the header
+  // "window<TAB>nll<TAB>ref_nll<TAB>kl"; window = index of its evaluation window), so two models
+  // scored on the same ids can be compared token by token (tools/paired_compare.py).
+  std::string dump_tokens;
 };
 
 // Scores of the evaluated model against the reference, per scored token (natural log):
