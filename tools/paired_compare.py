@@ -3,7 +3,8 @@
 
 Inputs: per-token files written by `fp4q eval ... --kl-reference REF --dump-tokens FILE` or by
 `tools/fpquant_shim.py --dump-tokens DIR` (TSV, header "window nll ref_nll kl", one line per scored
-token, same ids and windows in every file).
+token, same ids and windows in every file), or their per-window sums (--to-windows: header "window
+tokens nll ref_nll kl"); only the per-window sums enter the statistics below.
 
 For each file: the perplexity change against the reference, 100 * (exp(mean(nll - ref_nll)) - 1) %,
 and the mean KL. For each pair (A, B), the paired difference of the per-token values, with a
@@ -14,6 +15,8 @@ A difference is called "resolved" when it is at least 2 standard errors from 0.
 
   python3 tools/paired_compare.py NAME=FILE NAME=FILE [...]        # every pair against the first
   python3 tools/paired_compare.py --all-pairs NAME=FILE ...
+  python3 tools/paired_compare.py --to-windows TOKENS.tsv WINDOWS.tsv   # per-window sums, for storing
+  python3 tools/paired_compare.py --table DIR       # every cell of a directory of such files (issue 9)
   python3 tools/paired_compare.py --self-test
 """
 import math
@@ -21,86 +24,144 @@ import sys
 
 
 def read_tokens(path):
-    """Returns (windows, nll, ref_nll, kl) lists from a --dump-tokens file."""
-    w, q, r, k = [], [], [], []
+    """Per-window sums of a --dump-tokens file (window nll ref_nll kl, one line per token) or of a
+    window file written by --to-windows (window tokens nll ref_nll kl, sums per window).
+    Returns {window: [tokens, sum nll, sum ref_nll, sum kl]}."""
+    out = {}
     with open(path) as f:
         head = f.readline().split()
-        if head != ["window", "nll", "ref_nll", "kl"]:
-            raise SystemExit(f"{path}: header {head}, expected window nll ref_nll kl")
+        if head == ["window", "nll", "ref_nll", "kl"]:
+            per_token = True
+        elif head == ["window", "tokens", "nll", "ref_nll", "kl"]:
+            per_token = False
+        else:
+            raise SystemExit(f"{path}: header {head}, expected window [tokens] nll ref_nll kl")
         for ln, line in enumerate(f, 2):
             p = line.split("\t")
-            if len(p) != 4:
-                raise SystemExit(f"{path}:{ln}: {len(p)} fields, expected 4")
-            w.append(int(p[0]))
-            q.append(float(p[1]))
-            r.append(float(p[2]))
-            k.append(float(p[3]))
-    if not w:
+            if len(p) != (4 if per_token else 5):
+                raise SystemExit(f"{path}:{ln}: {len(p)} fields")
+            w = int(p[0])
+            if per_token:
+                n, v = 1, [float(x) for x in p[1:]]
+            else:
+                n, v = int(p[1]), [float(x) for x in p[2:]]
+            acc = out.setdefault(w, [0, 0.0, 0.0, 0.0])
+            acc[0] += n
+            for i in range(3):
+                acc[i + 1] += v[i]
+    if not out:
         raise SystemExit(f"{path}: no tokens")
-    return w, q, r, k
+    return out
 
 
-def clustered_mean_se(windows, values):
-    """Mean over tokens and its standard error with windows as the independent units."""
-    sums, counts = {}, {}
-    for w, v in zip(windows, values):
-        sums[w] = sums.get(w, 0.0) + v
-        counts[w] = counts.get(w, 0) + 1
-    n = len(values)
-    mean = sum(values) / n
+def to_windows(src, dst):
+    """Writes the per-window sums of a --dump-tokens file (a few KB instead of MB)."""
+    ws = read_tokens(src)
+    with open(dst, "w") as f:
+        f.write("window\ttokens\tnll\tref_nll\tkl\n")
+        for w in sorted(ws):
+            n, a, b, k = ws[w]
+            f.write(f"{w}\t{n}\t{a!r}\t{b!r}\t{k!r}\n")
+
+
+def clustered_mean_se(sums, counts):
+    """Mean over tokens (sum of sums / sum of counts) and its standard error with the windows as
+    the independent units: the ratio estimator of a cluster sample,
+    var = g/(g-1) * sum_w (S_w - mean*n_w)^2 / n^2."""
+    n = sum(counts)
+    mean = sum(sums) / n
     g = len(sums)
     if g < 2:
         return mean, float("nan")
-    # Ratio estimator of the mean of a cluster sample: var = g/(g-1) * sum((S_w - mean*n_w)^2) / n^2.
-    ss = sum((sums[w] - mean * counts[w]) ** 2 for w in sums)
+    ss = sum((s_ - mean * c) ** 2 for s_, c in zip(sums, counts))
     return mean, math.sqrt(g / (g - 1) * ss) / n
 
 
 def summarize(named):
     rows = {}
     for name, path in named:
-        w, q, r, k = read_tokens(path)
-        d = [a - b for a, b in zip(q, r)]
-        dm, dse = clustered_mean_se(w, d)
-        km, kse = clustered_mean_se(w, k)
-        rows[name] = {"w": w, "d": d, "k": k, "ref": r}
-        print(f"{name:28s} tokens {len(d):6d}  ppl change {100 * math.expm1(dm):+7.3f} % (ln ratio se {100 * dse:.3f} %)"
+        ws = read_tokens(path)
+        keys = sorted(ws)
+        cnt = [ws[w][0] for w in keys]
+        d = [ws[w][1] - ws[w][2] for w in keys]
+        k = [ws[w][3] for w in keys]
+        dm, dse = clustered_mean_se(d, cnt)
+        km, kse = clustered_mean_se(k, cnt)
+        rows[name] = {"keys": keys, "cnt": cnt, "d": d, "k": k, "ref": [ws[w][2] for w in keys]}
+        print(f"{name:28s} tokens {sum(cnt):6d}  ppl change {100 * math.expm1(dm):+7.3f} % (ln ratio se {100 * dse:.3f} %)"
               f"  KL {1e3 * km:8.3f}e-3 +- {1e3 * kse:.3f}")
     return rows
 
 
 def compare(rows, a, b):
     ra, rb = rows[a], rows[b]
-    if ra["w"] != rb["w"] or len(ra["d"]) != len(rb["d"]):
+    if ra["keys"] != rb["keys"] or ra["cnt"] != rb["cnt"]:
         raise SystemExit(f"{a} and {b} were not scored on the same windows")
-    if any(abs(x - y) > 1e-4 for x, y in zip(ra["ref"], rb["ref"])):
+    if any(abs(x - y) > 1e-3 * max(1.0, abs(x)) for x, y in zip(ra["ref"], rb["ref"])):
         raise SystemExit(f"{a} and {b}: reference NLLs differ (different ids or reference?)")
     dd = [x - y for x, y in zip(ra["d"], rb["d"])]
     dk = [x - y for x, y in zip(ra["k"], rb["k"])]
-    m, se = clustered_mean_se(ra["w"], dd)
-    km, kse = clustered_mean_se(ra["w"], dk)
-    verdict = lambda v, s: "resolved" if abs(v) >= 2 * s else "not resolved"
+    m, se = clustered_mean_se(dd, ra["cnt"])
+    km, kse = clustered_mean_se(dk, ra["cnt"])
+    verdict = lambda v, s_: "resolved" if abs(v) >= 2 * s_ else "not resolved"
     print(f"{a} - {b}: ln ppl {100 * m:+.3f} % +- {100 * se:.3f} ({verdict(m, se)}); "
           f"KL {1e3 * km:+.3f}e-3 +- {1e3 * kse:.3f} ({verdict(km, kse)})")
 
 
 def self_test():
+    import os
+    import tempfile
     # clustered SE of a constant-per-window signal equals the SE of the window means
-    w = [0, 0, 1, 1, 2, 2]
-    v = [1.0, 1.0, 2.0, 2.0, 6.0, 6.0]
-    m, se = clustered_mean_se(w, v)
+    m, se = clustered_mean_se([2.0, 4.0, 12.0], [2, 2, 2])
     wm = [1.0, 2.0, 6.0]
     mu = sum(wm) / 3
     want = math.sqrt(sum((x - mu) ** 2 for x in wm) / 2 / 3)
     assert abs(m - 3.0) < 1e-15 and abs(se - want) < 1e-12, (m, se, want)
-    # equal values: zero SE
-    assert clustered_mean_se([0, 1, 2], [0.5, 0.5, 0.5])[1] == 0.0
+    assert clustered_mean_se([0.5, 0.5, 0.5], [1, 1, 1])[1] == 0.0
+    # a per-token file and its --to-windows file give the same per-window sums
+    d = tempfile.mkdtemp()
+    tok, win = os.path.join(d, "t.tsv"), os.path.join(d, "w.tsv")
+    with open(tok, "w") as f:
+        f.write("window\tnll\tref_nll\tkl\n0\t1.5\t1.0\t0.25\n0\t2.0\t2.5\t0.5\n1\t3.0\t1.0\t1.0\n")
+    to_windows(tok, win)
+    a, b = read_tokens(tok), read_tokens(win)
+    assert a == b == {0: [2, 3.5, 3.5, 0.75], 1: [1, 3.0, 1.0, 1.0]}, (a, b)
     print("paired_compare self-test ok")
 
 
+def table(d):
+    """The issue-9 comparisons for every cell found in a windows directory (files
+    fp4q-<cell>-<method>-<text>-fp32.tsv and fpq-<cell>-<method>-{fix,bf16}-<text>-fp32.tsv):
+    fp4q MR-GPTQ against FP-Quant MR-GPTQ (fix, bf16), and fp4q MR-GPTQ / GPTQ / RTN pairwise."""
+    import glob
+    import os
+    for cell in ("nvfp4-w4a16", "nvfp4-w4a4", "mxfp4-w4a16", "mxfp4-w4a4"):
+        def f(prefix, method):
+            g = sorted(glob.glob(os.path.join(d, f"{prefix}-{cell}-{method}-indomain-fp32.tsv")))
+            return g[0] if g else None
+        print(f"== {cell}")
+        named = [(n, p_) for n, p_ in (("fp4q-mrgptq", f("fp4q", "mrgptq")), ("fpq-mrgptq-fix", f("fpq", "mrgptq-fix")),
+                                       ("fpq-mrgptq-bf16", f("fpq", "mrgptq-bf16"))) if p_]
+        rows = {}
+        if len(named) >= 2:
+            rows = summarize(named)
+            for b, _ in named[1:]:
+                compare(rows, named[0][0], b)
+        own = [(n, p_) for n, p_ in (("fp4q-mrgptq", f("fp4q", "mrgptq")), ("fp4q-gptq", f("fp4q", "gptq")),
+                                     ("fp4q-rtn", f("fp4q", "rtn"))) if p_]
+        if len(own) == 3:
+            rows.update(summarize([x for x in own if x[0] not in rows]))
+            compare(rows, "fp4q-mrgptq", "fp4q-gptq")
+            compare(rows, "fp4q-gptq", "fp4q-rtn")
+
+
 def main(argv):
+    if len(argv) == 2 and argv[0] == "--table":
+        return table(argv[1])
     if argv == ["--self-test"]:
         return self_test()
+    if len(argv) == 3 and argv[0] == "--to-windows":
+        return to_windows(argv[1], argv[2])
     all_pairs = "--all-pairs" in argv
     args = [x for x in argv if x != "--all-pairs"]
     named = []

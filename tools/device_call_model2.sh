@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue 9, second evaluation model: one GPU-machine call that trains another Llama of different
+# shape on the same corpus (tools/train_eval_model.py), prepares fp4q's calibration windows and the
+# model's own held-out validation split (tools/fpquant_side_by_side.sh prepare, in-domain text only),
+# and runs FP-Quant's MR-GPTQ cells on the GPU and fp4q's MR-GPTQ cells on the CPU cores at the same
+# time, both with KL to the unquantized model and per-token scores (DUMP_TOKENS). From the
+# repository root there:
+#
+#   bash tools/device_call_model2.sh "$OUT"
+#
+# carry: .device/run (fp4q-bin.tar.xz from tools/device_bundle.sh, tinyshakespeare.txt),
+#        .device/train-corpus.tar.xz (tools/make_train_corpus.sh), .ref/FP-Quant (tools/get_fpquant.sh)
+# $OUT: <NAME>.tar.partNN + train_log.json (the model: tools/reassemble_model.sh "$OUT" models here),
+#       results.tar.gz (sbs/: calib.json, eval-indomain.json, plan.txt, fp4q.tsv, fp4q reports,
+#       fpquant.jsonl, windows/ (per-window sums of both tools' per-token scores); logs/).
+# Shape (env): NAME (fp4q-llama-27m), HIDDEN 512, LAYERS 6, HEADS 8, KV_HEADS 4, INTERMEDIATE 1536,
+# TRAIN_BUDGET (60 s of training), SEED (4321). The call returns at most 64 MiB: the model tar
+# (~55 MB for these defaults) plus results; per-token files travel as per-window sums
+# (tools/paired_compare.py --to-windows), a few KB each.
+# Here, afterwards: the other fp4q cells (GPTQ, RTN) with
+#   KL=1 DUMP_TOKENS=1 CELLS="..." tools/fpquant_side_by_side.sh fp4q models/$NAME WORK
+# on the returned WORK (= sbs/), and tools/paired_compare.py on the token files.
+set -u
+out="${1:?usage: tools/device_call_model2.sh OUT}"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+el() { echo "[$(( $(date +%s) - t0 )) s] $*" >&2; }
+name="${NAME:-fp4q-llama-27m}"
+log="$out/logs"; mkdir -p "$log"
+work=/tmp/sbs2; mkdir -p "$work"
+mkdir -p /tmp/fp4q-bin && tar -xJf .device/run/fp4q-bin.tar.xz -C /tmp/fp4q-bin
+export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib FP4Q=/tmp/fp4q-bin/fp4q
+"$FP4Q" --version >&2 || { el "fp4q bundle does not run"; ldd "$FP4Q" >&2; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$log/gpu.txt" 2>&1
+
+mkdir -p .device/train-corpus && tar -xJf .device/train-corpus.tar.xz -C .device/train-corpus
+timeout 200 python3 tools/train_eval_model.py --corpus .device/train-corpus --out "$out" --name "$name" \
+  --hidden "${HIDDEN:-512}" --layers "${LAYERS:-6}" --heads "${HEADS:-8}" --kv-heads "${KV_HEADS:-4}" \
+  --intermediate "${INTERMEDIATE:-1536}" --seed "${SEED:-4321}" --time-budget "${TRAIN_BUDGET:-60}" \
+  > "$log/train.log" 2>&1
+el "train rc=$?"
+bash tools/reassemble_model.sh "$out" models > "$log/reassemble.log" 2>&1 || el "reassemble failed"
+
+if [ -d "models/$name" ]; then
+  CALIB_TEXT=.device/run/tinyshakespeare.txt INDOMAIN_CORPUS=.device/train-corpus \
+    bash tools/fpquant_side_by_side.sh prepare "models/$name" "$work" > "$log/prepare.log" 2>&1
+  el "prepare rc=$?"
+  rm -f "$work/eval-frankenstein.json" "$work/eval-wikitext2.json"   # in-domain text only
+  left=$(( ${CALL_SECONDS:-320} - ($(date +%s) - t0) - 20 ))
+  fpq_cells="${FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a16-mrgptq-fix mxfp4-w4a4-mrgptq-fix mxfp4-w4a16-mrgptq-fix
+    nvfp4-w4a4-mrgptq-bf16 nvfp4-w4a16-mrgptq-bf16}"
+  ( CELLS="$fpq_cells" UNQUANTIZED_CELLS=unquantized JOBS="${JOBS:-7}" KL=1 DUMP_TOKENS=1 EVAL_DTYPES=fp32 \
+      KL_CACHE=/tmp/klcache OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+      timeout "$left" bash tools/fpquant_side_by_side.sh fpquant "models/$name" "$work" .ref/FP-Quant "$work/fpq" \
+      > "$log/fpquant.out" 2>&1; echo "rc=$?" >> "$log/fpquant.out" ) &
+  fpq=$!
+  ( CELLS="${FP4Q_CELLS:-nvfp4-w4a4-mrgptq nvfp4-w4a16-mrgptq mxfp4-w4a4-mrgptq mxfp4-w4a16-mrgptq}" \
+      THREADS="${THREADS:-7}" KL=1 DUMP_TOKENS=1 \
+      timeout "$left" bash tools/fpquant_side_by_side.sh fp4q "models/$name" "$work" > "$log/fp4q.out" 2>&1
+    echo "rc=$?" >> "$log/fp4q.out" ) &
+  fp4=$!
+  wait "$fp4"; el "fp4q side done"
+  wait "$fpq"; el "fpquant side done"
+fi
+el "packing"
+mkdir -p /tmp/pack/sbs
+cp "$work"/*.json "$work"/*.tsv "$work"/plan.txt /tmp/pack/sbs/ 2>/dev/null
+cp "$work"/fp4q/*.report.json /tmp/pack/sbs/ 2>/dev/null
+cp "$work"/fpq/fpquant.jsonl "$work"/fpq/fpquant.log /tmp/pack/sbs/ 2>/dev/null
+mkdir -p /tmp/pack/sbs/windows
+for f in "$work"/fp4q/tokens/*.tsv; do
+  [ -f "$f" ] && python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows/fp4q-$(basename "$f")"
+done
+for f in "$work"/fpq/tokens/*.tsv; do
+  [ -f "$f" ] && python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows/fpq-$(basename "$f")"
+done
+cp -r "$log" /tmp/pack/
+tar -czf "$out/results.tar.gz" -C /tmp/pack .
+rm -rf "$log"
+el "done"
+ls -la "$out" >&2
