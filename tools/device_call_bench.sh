@@ -36,8 +36,8 @@ b() {  # $1 = tag, $2 = seconds, rest = bench args
   b llama3-8b-s2-t1 "${S1_S:-200}" --shape llama3-8b --samples 2 --seqlen 2048 --threads 1
   wait
   # IDENTITY=1: the same quantization at 16, 7 and 5 threads gives byte-identical outputs (one
-  # Qwen3-8B-shaped layer: the 12288-wide down_proj runs the recursive factorisation deep enough
-  # for the size-dependent tiles of src/linalg/tiled.cpp). sha256 per thread count in identity.txt.
+  # Qwen3-8B-shaped layer: the 12288-wide down_proj takes the recursive factorisation of
+  # src/linalg/cholesky.cpp five levels deep). sha256 per thread count in identity.txt.
   if [ "${IDENTITY:-0}" = 1 ]; then
     "$fp4q" -q synth /tmp/id-model --shape qwen3-8b --layers 1 --vocab 1024 --ids 4096 --force
     for t in 16 7 5; do
