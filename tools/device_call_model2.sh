@@ -14,7 +14,12 @@
 #       results.tar.gz (sbs/: calib.json, eval-indomain.json, plan.txt, fp4q.tsv, fp4q reports,
 #       fpquant.jsonl, windows/ (per-window sums of both tools' per-token scores); logs/).
 # Shape (env): NAME (fp4q-llama-27m), HIDDEN 512, LAYERS 6, HEADS 8, KV_HEADS 4, INTERMEDIATE 1536,
-# TRAIN_BUDGET (60 s of training), SEED (4321). The call returns at most 64 MiB: the model tar
+# TRAIN_BUDGET (60 s of training), TRAIN_SEED (4321; the calibration windows use fp4q's sampler with
+# seed 42). Replication over calibration samples: CALIB_SEEDS="1 2" also prepares fp4q's windows with
+# those seeds (same text, same held-out ids) and runs SEED_FPQ_CELLS (default: NVFP4 W4A4 MR-GPTQ
+# fix, bf16, fused-fix and GPTQ fix) and SEED_FP4Q_CELLS (NVFP4 W4A4 MR-GPTQ and GPTQ) on each, in a
+# second fp4q lane; their per-window sums come back in windows-s<seed>/. FPQ_CELLS, FP4Q_CELLS:
+# the cells of the seed-42 windows; THREADS: fp4q threads per lane. The call returns at most 64 MiB: the model tar
 # (~55 MB for these defaults) plus results; per-token files travel as per-window sums
 # (tools/paired_compare.py --to-windows), a few KB each.
 # Here, afterwards: the other fp4q cells (GPTQ, RTN) with
@@ -36,16 +41,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$log/gpu
 mkdir -p .device/train-corpus && tar -xJf .device/train-corpus.tar.xz -C .device/train-corpus
 timeout 200 python3 tools/train_eval_model.py --corpus .device/train-corpus --out "$out" --name "$name" \
   --hidden "${HIDDEN:-512}" --layers "${LAYERS:-6}" --heads "${HEADS:-8}" --kv-heads "${KV_HEADS:-4}" \
-  --intermediate "${INTERMEDIATE:-1536}" --seed "${SEED:-4321}" --time-budget "${TRAIN_BUDGET:-60}" \
+  --intermediate "${INTERMEDIATE:-1536}" --seed "${TRAIN_SEED:-4321}" --time-budget "${TRAIN_BUDGET:-60}" \
   > "$log/train.log" 2>&1
 el "train rc=$?"
 bash tools/reassemble_model.sh "$out" models > "$log/reassemble.log" 2>&1 || el "reassemble failed"
 
 if [ -d "models/$name" ]; then
-  CALIB_TEXT=.device/run/tinyshakespeare.txt INDOMAIN_CORPUS=.device/train-corpus \
+  SEED=42 CALIB_TEXT=.device/run/tinyshakespeare.txt INDOMAIN_CORPUS=.device/train-corpus \
     bash tools/fpquant_side_by_side.sh prepare "models/$name" "$work" > "$log/prepare.log" 2>&1
   el "prepare rc=$?"
   rm -f "$work/eval-frankenstein.json" "$work/eval-wikitext2.json"   # in-domain text only
+  for s in ${CALIB_SEEDS:-}; do   # the same held-out ids, calibration windows of another seed
+    mkdir -p "$work-s$s" && cp "$work/eval-indomain.json" "$work-s$s/"
+    "$FP4Q" -q quantize "models/$name" /tmp/unused --dry-run --calib .device/run/tinyshakespeare.txt \
+      --samples 128 --seqlen 512 --seed "$s" --dump-calib "$work-s$s/calib.json" > "$work-s$s/plan.txt" 2>> "$log/prepare.log"
+  done
   left=$(( ${CALL_SECONDS:-320} - ($(date +%s) - t0) - 20 ))
   fpq_cells="${FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a16-mrgptq-fix mxfp4-w4a4-mrgptq-fix mxfp4-w4a16-mrgptq-fix
     nvfp4-w4a4-mrgptq-bf16 nvfp4-w4a16-mrgptq-bf16}"
@@ -59,8 +69,28 @@ if [ -d "models/$name" ]; then
       timeout "$left" bash tools/fpquant_side_by_side.sh fp4q "models/$name" "$work" > "$log/fp4q.out" 2>&1
     echo "rc=$?" >> "$log/fp4q.out" ) &
   fp4=$!
+  seed_fpq="${SEED_FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a4-mrgptq-bf16 nvfp4-w4a4-mrgptq-fused-fix nvfp4-w4a4-gptq-fix}"
+  pids=()
+  for s in ${CALIB_SEEDS:-}; do
+    ( CELLS="$seed_fpq" JOBS="${SEED_JOBS:-4}" KL=1 DUMP_TOKENS=1 EVAL_DTYPES=fp32 \
+        KL_CACHE=/tmp/klcache OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+        timeout "$left" bash tools/fpquant_side_by_side.sh fpquant "models/$name" "$work-s$s" .ref/FP-Quant "$work-s$s/fpq" \
+        > "$log/fpquant-s$s.out" 2>&1; echo "rc=$?" >> "$log/fpquant-s$s.out" ) &
+    pids+=($!)
+  done
+  if [ -n "${CALIB_SEEDS:-}" ]; then  # second fp4q lane: the other seeds' cells one after another
+    ( deadline=$(( $(date +%s) + left ))
+      for s in $CALIB_SEEDS; do
+        CELLS="${SEED_FP4Q_CELLS:-nvfp4-w4a4-mrgptq nvfp4-w4a4-gptq}" SKIP_UNQUANTIZED=1 \
+          THREADS="${THREADS:-7}" KL=1 DUMP_TOKENS=1 \
+          timeout $(( deadline - $(date +%s) )) bash tools/fpquant_side_by_side.sh fp4q "models/$name" "$work-s$s" \
+          >> "$log/fp4q-seeds.out" 2>&1; echo "s$s rc=$?" >> "$log/fp4q-seeds.out"
+      done ) &
+    pids+=($!)
+  fi
   wait "$fp4"; el "fp4q side done"
   wait "$fpq"; el "fpquant side done"
+  for p in "${pids[@]}"; do wait "$p"; done; el "seed runs done"
 fi
 el "packing"
 mkdir -p /tmp/pack/sbs
@@ -73,6 +103,16 @@ for f in "$work"/fp4q/tokens/*.tsv; do
 done
 for f in "$work"/fpq/tokens/*.tsv; do
   [ -f "$f" ] && python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows/fpq-$(basename "$f")"
+done
+for s in ${CALIB_SEEDS:-}; do
+  mkdir -p "/tmp/pack/sbs/windows-s$s"
+  cp "$work-s$s"/calib.json "$work-s$s"/plan.txt "$work-s$s"/fp4q.tsv "/tmp/pack/sbs/windows-s$s/" 2>/dev/null
+  cp "$work-s$s"/fpq/fpquant.jsonl "/tmp/pack/sbs/windows-s$s/" 2>/dev/null
+  for f in "$work-s$s"/fp4q/tokens/*.tsv "$work-s$s"/fpq/tokens/*.tsv; do
+    [ -f "$f" ] || continue
+    case "$f" in */fp4q/tokens/*) pre=fp4q ;; *) pre=fpq ;; esac
+    python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows-s$s/$pre-$(basename "$f")"
+  done
 done
 cp -r "$log" /tmp/pack/
 tar -czf "$out/results.tar.gz" -C /tmp/pack .

@@ -195,7 +195,7 @@ def parse_args(argv):
                    help="unquantized model: also score KL(P_ref || P_q), top-1 agreement and its perplexity")
     p.add_argument("--dump-tokens", metavar="DIR",
                    help="with --kl-reference: write DIR/TAG-TEXT-DTYPE.tsv, one line per scored token "
-                        "(window, nll, ref_nll, kl), the format of `fp4q eval --dump-tokens`")
+                        "(window, nll, ref_nll, kl, ent, ref_ent), the format of `fp4q eval --dump-tokens`")
     p.add_argument("--kl-cache", metavar="DIR",
                    help="directory for the reference's fp32 logits per text (shared by cells; default: none, "
                         "each cell computes them)")
@@ -470,7 +470,7 @@ def main(argv):
             for name, ids in evals:
                 total, count = 0.0, 0
                 kl, agree, dnll, ref_total = [], [], [], 0.0
-                tok_rows = []  # (window, nll, ref_nll) per scored token, for --dump-tokens
+                tok_rows = []  # (window, nll, ref_nll, ent, ref_ent) per scored token, for --dump-tokens
                 refs = reference_logits(name, ids, dev) if a.kl_reference else None
                 for wi, w in enumerate(eval_windows(ids, a.eval_seqlen)):
                     x = torch.tensor([w], dtype=torch.long, device=dev)
@@ -491,8 +491,10 @@ def main(argv):
                         tgt = x[0, 1:].unsqueeze(1)
                         nq, nr = -lq.gather(1, tgt).squeeze(1), -lr.gather(1, tgt).squeeze(1)
                         dnll += (nq - nr).tolist()
-                        if a.dump_tokens:
-                            tok_rows += [(wi, x, y) for x, y in zip(nq.tolist(), nr.tolist())]
+                        if a.dump_tokens:  # with the entropies -sum p log p of both distributions
+                            hq = -(lq.exp() * lq).sum(dim=-1)
+                            hr = -(lr.exp() * lr).sum(dim=-1)
+                            tok_rows += list(zip([wi] * len(w), nq.tolist(), nr.tolist(), hq.tolist(), hr.tolist()))
                         ref_total += float(nr.sum())
                 mean = total / count
                 rec = {"ppl": math.exp(mean), "nll": mean, "tokens": count}
@@ -505,9 +507,9 @@ def main(argv):
                         os.makedirs(a.dump_tokens, exist_ok=True)
                         path = os.path.join(a.dump_tokens, f"{a.tag}-{name}-{dt}.tsv")
                         with open(path + ".part", "w") as f:
-                            f.write("window\tnll\tref_nll\tkl\n")
-                            for (wi, x, y), k in zip(tok_rows, kl):
-                                f.write(f"{wi}\t{x!r}\t{y!r}\t{k!r}\n")
+                            f.write("window\tnll\tref_nll\tkl\tent\tref_ent\n")
+                            for (wi, x, y, hq, hr), k in zip(tok_rows, kl):
+                                f.write(f"{wi}\t{x!r}\t{y!r}\t{k!r}\t{hq!r}\t{hr!r}\n")
                         os.replace(path + ".part", path)
                     rec["kl"]["reference"] = a.kl_reference
                     msg = (f", KL {rec['kl']['kl']:.6g} +- {rec['kl']['kl_se']:.2g}, top-1 {rec['kl']['top1']:.4f}, "

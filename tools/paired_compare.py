@@ -2,12 +2,16 @@
 """Token-by-token comparison of quantized models scored on the same ids against the same reference.
 
 Inputs: per-token files written by `fp4q eval ... --kl-reference REF --dump-tokens FILE` or by
-`tools/fpquant_shim.py --dump-tokens DIR` (TSV, header "window nll ref_nll kl", one line per scored
-token, same ids and windows in every file), or their per-window sums (--to-windows: header "window
-tokens nll ref_nll kl"); only the per-window sums enter the statistics below.
+`tools/fpquant_shim.py --dump-tokens DIR` (TSV, header "window nll ref_nll kl ent ref_ent", one line
+per scored token, same ids and windows in every file; files before the entropy columns have the first
+four), or their per-window sums (--to-windows: header "window tokens nll ref_nll kl [ent ref_ent]");
+only the per-window sums enter the statistics below.
 
 For each file: the perplexity change against the reference, 100 * (exp(mean(nll - ref_nll)) - 1) %,
-and the mean KL. For each pair (A, B), the paired difference of the per-token values, with a
+and the mean KL; with entropies also dH, the mean entropy change H(P_cell) - H(P_ref) (> 0: the cell's
+next-token distributions are flatter than the reference's), and the reference's mean NLL minus its
+mean entropy (> 0: the reference is over-confident on this text, so a flatter cell gains perplexity
+beyond what its KL says). For each pair (A, B), the paired difference of the per-token values, with a
 standard error that treats the evaluation windows, not the tokens, as the independent units
 (tokens of one window are correlated; the window means are close to independent): SE =
 sd(window means of the difference) / sqrt(windows), the tokens of a window weighted by their count.
@@ -23,31 +27,36 @@ import math
 import sys
 
 
+TOKEN_HEADS = (["window", "nll", "ref_nll", "kl"], ["window", "nll", "ref_nll", "kl", "ent", "ref_ent"])
+
+
 def read_tokens(path):
-    """Per-window sums of a --dump-tokens file (window nll ref_nll kl, one line per token) or of a
-    window file written by --to-windows (window tokens nll ref_nll kl, sums per window).
-    Returns {window: [tokens, sum nll, sum ref_nll, sum kl]}."""
+    """Per-window sums of a --dump-tokens file (window nll ref_nll kl [ent ref_ent], one line per
+    token) or of a window file written by --to-windows (window tokens nll ref_nll kl [ent ref_ent],
+    sums per window). ent, ref_ent: entropies of the cell's and the reference's next-token
+    distribution (files written since 2026-12-03's fifth session; older files lack them).
+    Returns {window: [tokens, sum nll, sum ref_nll, sum kl(, sum ent, sum ref_ent)]}."""
     out = {}
     with open(path) as f:
         head = f.readline().split()
-        if head == ["window", "nll", "ref_nll", "kl"]:
-            per_token = True
-        elif head == ["window", "tokens", "nll", "ref_nll", "kl"]:
-            per_token = False
+        if head in TOKEN_HEADS:
+            per_token, nv = True, len(head) - 1
+        elif head[:1] + head[2:] in TOKEN_HEADS and head[1:2] == ["tokens"]:
+            per_token, nv = False, len(head) - 2
         else:
-            raise SystemExit(f"{path}: header {head}, expected window [tokens] nll ref_nll kl")
+            raise SystemExit(f"{path}: header {head}, expected window [tokens] nll ref_nll kl [ent ref_ent]")
         for ln, line in enumerate(f, 2):
             p = line.split("\t")
-            if len(p) != (4 if per_token else 5):
-                raise SystemExit(f"{path}:{ln}: {len(p)} fields")
+            if len(p) != len(head):
+                raise SystemExit(f"{path}:{ln}: {len(p)} fields, expected {len(head)}")
             w = int(p[0])
             if per_token:
                 n, v = 1, [float(x) for x in p[1:]]
             else:
                 n, v = int(p[1]), [float(x) for x in p[2:]]
-            acc = out.setdefault(w, [0, 0.0, 0.0, 0.0])
+            acc = out.setdefault(w, [0] + [0.0] * nv)
             acc[0] += n
-            for i in range(3):
+            for i in range(nv):
                 acc[i + 1] += v[i]
     if not out:
         raise SystemExit(f"{path}: no tokens")
@@ -58,10 +67,10 @@ def to_windows(src, dst):
     """Writes the per-window sums of a --dump-tokens file (a few KB instead of MB)."""
     ws = read_tokens(src)
     with open(dst, "w") as f:
-        f.write("window\ttokens\tnll\tref_nll\tkl\n")
+        nv = len(next(iter(ws.values()))) - 1
+        f.write("window\ttokens\t" + "\t".join(TOKEN_HEADS[nv == 5][1:]) + "\n")
         for w in sorted(ws):
-            n, a, b, k = ws[w]
-            f.write(f"{w}\t{n}\t{a!r}\t{b!r}\t{k!r}\n")
+            f.write(f"{w}\t{ws[w][0]}\t" + "\t".join(repr(x) for x in ws[w][1:]) + "\n")
 
 
 def clustered_mean_se(sums, counts):
@@ -88,8 +97,14 @@ def summarize(named):
         dm, dse = clustered_mean_se(d, cnt)
         km, kse = clustered_mean_se(k, cnt)
         rows[name] = {"keys": keys, "cnt": cnt, "d": d, "k": k, "ref": [ws[w][2] for w in keys]}
+        ent = ""
+        if all(len(ws[w]) == 6 for w in keys):  # entropy change H(P_cell) - H(P_ref); > 0: flatter
+            rows[name]["h"] = [ws[w][4] - ws[w][5] for w in keys]
+            hm, hse = clustered_mean_se(rows[name]["h"], cnt)
+            cal, _ = clustered_mean_se([ws[w][2] - ws[w][5] for w in keys], cnt)
+            ent = f"  dH {1e3 * hm:+8.3f}e-3 +- {1e3 * hse:.3f} (ref nll - ref H {cal:+.4f})"
         print(f"{name:28s} tokens {sum(cnt):6d}  ppl change {100 * math.expm1(dm):+7.3f} % (ln ratio se {100 * dse:.3f} %)"
-              f"  KL {1e3 * km:8.3f}e-3 +- {1e3 * kse:.3f}")
+              f"  KL {1e3 * km:8.3f}e-3 +- {1e3 * kse:.3f}{ent}")
     return rows
 
 
@@ -104,8 +119,12 @@ def compare(rows, a, b):
     m, se = clustered_mean_se(dd, ra["cnt"])
     km, kse = clustered_mean_se(dk, ra["cnt"])
     verdict = lambda v, s_: "resolved" if abs(v) >= 2 * s_ else "not resolved"
+    ent = ""
+    if "h" in ra and "h" in rb:
+        hm, hse = clustered_mean_se([x - y for x, y in zip(ra["h"], rb["h"])], ra["cnt"])
+        ent = f"; dH {1e3 * hm:+.3f}e-3 +- {1e3 * hse:.3f} ({verdict(hm, hse)})"
     print(f"{a} - {b}: ln ppl {100 * m:+.3f} % +- {100 * se:.3f} ({verdict(m, se)}); "
-          f"KL {1e3 * km:+.3f}e-3 +- {1e3 * kse:.3f} ({verdict(km, kse)})")
+          f"KL {1e3 * km:+.3f}e-3 +- {1e3 * kse:.3f} ({verdict(km, kse)}){ent}")
 
 
 def self_test():
@@ -126,6 +145,13 @@ def self_test():
     to_windows(tok, win)
     a, b = read_tokens(tok), read_tokens(win)
     assert a == b == {0: [2, 3.5, 3.5, 0.75], 1: [1, 3.0, 1.0, 1.0]}, (a, b)
+    with open(tok, "w") as f:  # with the entropy columns
+        f.write("window\tnll\tref_nll\tkl\tent\tref_ent\n0\t1.5\t1.0\t0.25\t2.0\t1.75\n"
+                "0\t2.0\t2.5\t0.5\t1.0\t0.5\n1\t3.0\t1.0\t1.0\t4.0\t3.0\n")
+    to_windows(tok, win)
+    a, b = read_tokens(tok), read_tokens(win)
+    assert a == b == {0: [2, 3.5, 3.5, 0.75, 3.0, 2.25], 1: [1, 3.0, 1.0, 1.0, 4.0, 3.0]}, (a, b)
+    assert open(win).readline().split() == ["window", "tokens", "nll", "ref_nll", "kl", "ent", "ref_ent"]
     print("paired_compare self-test ok")
 
 

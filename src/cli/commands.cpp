@@ -273,7 +273,7 @@ void add_eval(CLI::App& app) {
                 "Reference model (e.g. the unquantized original), run on the same windows: also report KL(P_ref || "
                 "P_model) per token, top-1 agreement and the reference's perplexity (same vocabulary required)");
   c->add_option("--dump-tokens", a->dump_tokens,
-                "With --kl-reference: write the per-token scores (window, nll, ref_nll, kl; TSV) to this file, "
+                "With --kl-reference: write the per-token scores (window, nll, ref_nll, kl, ent, ref_ent; TSV) to this file, "
                 "for token-by-token comparisons of two models on the same ids (tools/paired_compare.py)");
   actions()[c] = [a] {
     pipeline::EvalOptions o;

@@ -245,8 +245,9 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
   const int64_t n = seqlen - 1;  // scored positions per window
   const int64_t kBlock = std::max<int64_t>(1, std::min<int64_t>(256, (int64_t{1} << 24) / V));
   const int64_t per_batch = model::batch_sequences(seqlen);
-  std::vector<double> kl(static_cast<size_t>(windows * n)), dnll(kl.size()), all_q, all_r;
-  if (!dump_tokens.empty()) all_q.resize(kl.size()), all_r.resize(kl.size());
+  std::vector<double> kl(static_cast<size_t>(windows * n)), dnll(kl.size()), all_q, all_r, ent_q, ent_r;
+  const bool dump = !dump_tokens.empty();
+  if (dump) all_q.resize(kl.size()), all_r.resize(kl.size()), ent_q.resize(kl.size()), ent_r.resize(kl.size());
   std::vector<double> nll_q(static_cast<size_t>(n)), nll_r(static_cast<size_t>(n));
   std::vector<unsigned char> agree(kl.size());
   std::vector<float> lq, lr;
@@ -294,6 +295,16 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
           nll_r[static_cast<size_t>(r0 + i)] = std::log(sc) + mc - static_cast<double>(c[target]);
           const size_t t = static_cast<size_t>(tok0 + r0 + i);
           kl[t] = d;
+          if (dump) {  // entropies -sum_j p(j) log p(j) of both distributions (the dump's ent, ref_ent)
+            double hq = 0.0, hr = 0.0;
+            for (int64_t j = 0; j < V; ++j) {
+              const double lpc = static_cast<double>(c[j]) - lzc, lpa = static_cast<double>(a[j]) - lza;
+              hq -= std::exp(lpa) * lpa;
+              hr -= std::exp(lpc) * lpc;
+            }
+            ent_q[t] = hq;
+            ent_r[t] = hr;
+          }
           agree[t] = ka == kc;
         });
       }
@@ -319,13 +330,14 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
   e.kl.ref_mean_nll = total_r / static_cast<double>(e.tokens);
   e.kl.ref_ppl = std::exp(e.kl.ref_mean_nll);
   // (before the quantiles below reorder kl)
-  if (!dump_tokens.empty()) {
-    std::string out = "window\tnll\tref_nll\tkl\n";
-    out.reserve(out.size() + kl.size() * 48);
-    char line[128];
+  if (dump) {
+    std::string out = "window\tnll\tref_nll\tkl\tent\tref_ent\n";
+    out.reserve(out.size() + kl.size() * 96);
+    char line[192];
     for (size_t t = 0; t < kl.size(); ++t) {
-      const int len = std::snprintf(line, sizeof line, "%lld\t%.17g\t%.17g\t%.17g\n",
-                                    static_cast<long long>(static_cast<int64_t>(t) / n), all_q[t], all_r[t], kl[t]);
+      const int len = std::snprintf(line, sizeof line, "%lld\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\n",
+                                    static_cast<long long>(static_cast<int64_t>(t) / n), all_q[t], all_r[t], kl[t],
+                                    ent_q[t], ent_r[t]);
       out.append(line, static_cast<size_t>(len));
     }
     io::write_file_atomic(dump_tokens, out);

@@ -66,7 +66,7 @@ void write_ids(const std::string& path, const std::vector<int>& ids) {
 // Naive reference: every window's logits of both models from --dump-logits, then per scored
 // position t (predicting ids[t+1]) log-softmax in double and the definitions.
 struct Naive {
-  std::vector<double> kl, kl_reverse, dnll;
+  std::vector<double> kl, kl_reverse, dnll, ent_q, ent_r;
   double nll_q = 0, nll_r = 0;
   int agree = 0;
 };
@@ -98,11 +98,15 @@ Naive naive_scores(const TempDir& tmp, const std::string& qdir, const std::vecto
         lq[j] = lg[0][t * kVocab + j] - std::log(zq);
         lr[j] = lg[1][t * kVocab + j] - std::log(zr);
       }
-      double kl = 0, klr = 0;
+      double kl = 0, klr = 0, hq = 0, hr = 0;
       for (int j = 0; j < kVocab; ++j) {
         kl += std::exp(lr[j]) * (lr[j] - lq[j]);
         klr += std::exp(lq[j]) * (lq[j] - lr[j]);
+        hq -= std::exp(lq[j]) * lq[j];
+        hr -= std::exp(lr[j]) * lr[j];
       }
+      n.ent_q.push_back(hq);
+      n.ent_r.push_back(hr);
       n.kl.push_back(kl);
       n.kl_reverse.push_back(klr);
       const int target = win[t + 1];
@@ -180,18 +184,31 @@ TEST(KlEval, MatchesNaiveFloat64FromDumpedLogits) {
     std::ifstream in(tmp / "tok.tsv");
     std::string head;
     std::getline(in, head);
-    EXPECT_EQ(head, "window\tnll\tref_nll\tkl");
-    int t = 0;
+    EXPECT_EQ(head, "window\tnll\tref_nll\tkl\tent\tref_ent");
+    // The dump comes from eval's batched forward, the naive values from one-window forwards: the
+    // float32 products differ in their last bits, and where that moves an activation across an FP4
+    // rounding boundary one token's values move by more (seen: 1.5e-5 relative on 3 of 252 tokens).
+    // So every token must agree loosely and nearly every token tightly; a file in another order,
+    // or with swapped columns, fails both.
+    int t = 0, loose = 0;
     long long w;
-    double nq, nr, k;
-    while (in >> w >> nq >> nr >> k) {
+    double nq, nr, k, hq, hr, dh = 0;
+    auto close = [](double a, double b, double rel, double abs) { return std::fabs(a - b) <= rel * std::fabs(b) + abs; };
+    while (in >> w >> nq >> nr >> k >> hq >> hr) {
       ASSERT_LT(t, tokens);
       EXPECT_EQ(w, t / (kSeqlen - 1)) << t;
-      EXPECT_NEAR(k, n.kl[t], 1e-5 * n.kl[t] + 1e-9) << t;
-      EXPECT_NEAR(nq - nr, n.dnll[t], 2e-5) << t;
+      EXPECT_TRUE(close(k, n.kl[t], 1e-3, 1e-7) && close(nq - nr, n.dnll[t], 0, 1e-3) && close(hq, n.ent_q[t], 0, 1e-3) &&
+                  close(hr, n.ent_r[t], 0, 1e-3))
+          << t << ": kl " << k << " vs " << n.kl[t] << ", dnll " << nq - nr << " vs " << n.dnll[t] << ", ent " << hq
+          << " vs " << n.ent_q[t] << ", ref_ent " << hr << " vs " << n.ent_r[t];
+      loose += !(close(k, n.kl[t], 1e-5, 1e-9) && close(nq - nr, n.dnll[t], 0, 2e-5) && close(hq, n.ent_q[t], 0, 2e-5) &&
+                 close(hr, n.ent_r[t], 0, 2e-5));
+      dh += std::fabs(n.ent_q[t] - n.ent_r[t]);
       ++t;
     }
     EXPECT_EQ(t, tokens);
+    EXPECT_LE(loose, tokens / 50) << "tokens outside the tight tolerance";
+    EXPECT_GT(dh / tokens, 1e-2);  // the entropy columns are far apart: a swap fails the loose check
   }
   EXPECT_EQ(run("-q eval " + q + common + " --dump-tokens " + (tmp / "x.tsv")).code, 2);  // needs --kl-reference
 
