@@ -25,7 +25,9 @@
 # log tail), fpquant.out (console, timings), gpu.txt.
 # SBS (default .device/sbs-kl) and SBS_EVALS (default "eval-frankenstein eval-wikitext2 eval-indomain"):
 # the work directory and the eval files it must hold. DUMP_TOKENS=1: also every cell's per-token
-# scores (tools/paired_compare.py), returned as $OUT/fpq/tokens.tar.xz.
+# scores, returned as their per-window sums (tools/paired_compare.py --to-windows) in
+# $OUT/fpq/windows.tar.gz. The model this script checks (llama23m-2026-12-03/model.sha256) was not
+# kept; tools/device_call_model2.sh trains a model and runs both tools on it in one call.
 # Here, after: cp <files_at>/fpq/fpquant.jsonl tests/data/side_by_side/llama23m-kl-2026-12-03/fpquant-kl.jsonl
 #   python3 tools/side_by_side_summary.py tests/data/side_by_side/llama23m-kl-2026-12-03
 set -u
@@ -54,8 +56,12 @@ CELLS="$cells" UNQUANTIZED_CELLS="${UNQUANTIZED_CELLS:-unquantized unquantized-b
   .ref/FP-Quant "$out/fpq" > "$out/fpquant.out" 2>&1
 echo "fpquant rc=$? after $(( $(date +%s) - t0 )) s; $(wc -l < "$out/fpq/fpquant.jsonl") records" >> "$out/fpquant.out"
 rm -rf "${KL_CACHE:-/tmp/klcache}"
-if [ -d "$out/fpq/tokens" ]; then   # DUMP_TOKENS=1: per-token scores, compressed for the trip back
-  tar -cf - -C "$out/fpq" tokens | xz -6 > "$out/fpq/tokens.tar.xz" && rm -rf "$out/fpq/tokens"
+if [ -d "$out/fpq/tokens" ]; then   # DUMP_TOKENS=1: per-window sums of the per-token scores travel back,
+  mkdir -p "$out/fpq/windows"        # a few KB each instead of MB; one archive (the return takes few files)
+  for f in "$out"/fpq/tokens/*.tsv; do
+    [ -f "$f" ] && python3 tools/paired_compare.py --to-windows "$f" "$out/fpq/windows/fpq-$(basename "$f")"
+  done
+  tar -czf "$out/fpq/windows.tar.gz" -C "$out/fpq" windows && rm -rf "$out/fpq/tokens" "$out/fpq/windows"
 fi
 tail -25 "$out/fpquant.out"
 ls -la "$out" "$out/fpq"

@@ -3,7 +3,8 @@
 # Idempotent: does nothing (and needs no network) when everything is already installed.
 set -euo pipefail
 pkgs=(g++ make cmake pkg-config libeigen3-dev libopenblas-dev liblapacke-dev nlohmann-json3-dev
-      libcli11-dev libspdlog-dev libpcre2-dev libgtest-dev libbenchmark-dev)
+      libcli11-dev libspdlog-dev libpcre2-dev libgtest-dev libbenchmark-dev
+      python3)   # python3: the self-tests of the analysis tools (tools/paired_compare.py)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

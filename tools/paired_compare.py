@@ -20,7 +20,10 @@ A difference is called "resolved" when it is at least 2 standard errors from 0.
   python3 tools/paired_compare.py NAME=FILE NAME=FILE [...]        # every pair against the first
   python3 tools/paired_compare.py --all-pairs NAME=FILE ...
   python3 tools/paired_compare.py --to-windows TOKENS.tsv WINDOWS.tsv   # per-window sums, for storing
-  python3 tools/paired_compare.py --table DIR       # every cell of a directory of such files (issue 9)
+  python3 tools/paired_compare.py --pool OUT.tsv FILE FILE [...]      # one cell over several calibrations
+  python3 tools/paired_compare.py --entropy-fit DIR [DIR...]  # dnll - KL against the entropy change, all cells
+  python3 tools/paired_compare.py --table DIR [DIR...]  # every cell of a directory of such files (issue 9);
+                                                          # several: pooled over calibration samples
   python3 tools/paired_compare.py --self-test
 """
 import math
@@ -63,14 +66,32 @@ def read_tokens(path):
     return out
 
 
-def to_windows(src, dst):
+def to_windows(src, dst, ws=None):
     """Writes the per-window sums of a --dump-tokens file (a few KB instead of MB)."""
-    ws = read_tokens(src)
+    ws = read_tokens(src) if ws is None else ws
     with open(dst, "w") as f:
         nv = len(next(iter(ws.values()))) - 1
         f.write("window\ttokens\t" + "\t".join(TOKEN_HEADS[nv == 5][1:]) + "\n")
         for w in sorted(ws):
             f.write(f"{w}\t{ws[w][0]}\t" + "\t".join(repr(x) for x in ws[w][1:]) + "\n")
+
+
+def pool(dst, srcs):
+    """Per-window sums over several files of the same windows (e.g. one cell quantized from
+    different calibration samples, scored on the same ids): the pooled file's mean is the average
+    over the files, and its clustered standard error still treats the windows as the independent
+    units, so the correlation between files scored on the same text is accounted for."""
+    first, tot = None, None
+    for src in srcs:
+        ws = read_tokens(src)
+        if first is None:
+            first, tot = ws, {w: list(v) for w, v in ws.items()}
+            continue
+        if sorted(ws) != sorted(first) or any(len(ws[w]) != len(first[w]) or ws[w][0] != first[w][0] for w in ws):
+            raise SystemExit(f"{src}: not the same windows, token counts and columns as {srcs[0]}")
+        for w, v in ws.items():
+            tot[w] = [a + b for a, b in zip(tot[w], v)]
+    to_windows(None, dst, tot)
 
 
 def clustered_mean_se(sums, counts):
@@ -152,22 +173,55 @@ def self_test():
     a, b = read_tokens(tok), read_tokens(win)
     assert a == b == {0: [2, 3.5, 3.5, 0.75, 3.0, 2.25], 1: [1, 3.0, 1.0, 1.0, 4.0, 3.0]}, (a, b)
     assert open(win).readline().split() == ["window", "tokens", "nll", "ref_nll", "kl", "ent", "ref_ent"]
+    # pooling a file with itself doubles every sum; the mean and its standard error stay
+    pooled = os.path.join(d, "p.tsv")
+    pool(pooled, [tok, win])
+    assert read_tokens(pooled) == {0: [4, 7.0, 7.0, 1.5, 6.0, 4.5], 1: [2, 6.0, 2.0, 2.0, 8.0, 6.0]}
+    try:
+        with open(os.path.join(d, "w1.tsv"), "w") as f:  # window 1 missing
+            f.write("window\ttokens\tnll\tref_nll\tkl\tent\tref_ent\n0\t2\t3.5\t3.5\t0.75\t3.0\t2.25\n")
+        pool(pooled, [tok, os.path.join(d, "w1.tsv")])
+    except SystemExit:
+        pass
+    else:
+        raise AssertionError("pool accepted a file with other windows")
+    # entropy_fit recovers an exact line dnll - KL = 0.01 - 0.5 dH from three one-window cells
+    fd = tempfile.mkdtemp()
+    for i, dh in enumerate((0.0, 0.1, 0.3)):
+        kl = 0.05 * (i + 1)
+        dn = kl + 0.01 - 0.5 * dh
+        with open(os.path.join(fd, f"c{i}-indomain-fp32.tsv"), "w") as f:
+            f.write(f"window\tnll\tref_nll\tkl\tent\tref_ent\n0\t{2.0 + dn!r}\t2.0\t{kl!r}\t{1.5 + dh!r}\t1.5\n")
+    a, b, r2 = entropy_fit([fd])
+    assert abs(a - 0.01) < 1e-9 and abs(b + 0.5) < 1e-9 and abs(r2 - 1) < 1e-9, (a, b, r2)
     print("paired_compare self-test ok")
 
 
-def table(d):
+def table(d, *more):
     """The issue-9 comparisons for every cell found in a windows directory (files
-    fp4q-<cell>-<method>-<text>-fp32.tsv and fpq-<cell>-<method>-{fix,bf16}-<text>-fp32.tsv):
-    fp4q MR-GPTQ against FP-Quant MR-GPTQ (fix, bf16), and fp4q MR-GPTQ / GPTQ / RTN pairwise."""
+    fp4q-<cell>-<method>-<text>-fp32.tsv and fpq-<cell>-<method>-{fix,bf16,fused-fix}-<text>-fp32.tsv):
+    fp4q MR-GPTQ against FP-Quant MR-GPTQ (fix, bf16, fused-fix), and fp4q MR-GPTQ / GPTQ / RTN
+    pairwise. With several directories (the same cells quantized from other calibration samples,
+    scored on the same ids), every file present in all of them is pooled first (pool())."""
     import glob
     import os
+    if more:
+        import tempfile
+        tmp = tempfile.mkdtemp()
+        names = sorted(os.path.basename(p_) for p_ in glob.glob(os.path.join(d, "*-fp32.tsv")))
+        names = [n for n in names if all(os.path.exists(os.path.join(m, n)) for m in more)]
+        for n in names:
+            pool(os.path.join(tmp, n), [os.path.join(x, n) for x in (d,) + more])
+        print(f"pooled over {1 + len(more)} directories: {', '.join(n[:-len('-indomain-fp32.tsv')] for n in names)}")
+        d = tmp
     for cell in ("nvfp4-w4a16", "nvfp4-w4a4", "mxfp4-w4a16", "mxfp4-w4a4"):
         def f(prefix, method):
             g = sorted(glob.glob(os.path.join(d, f"{prefix}-{cell}-{method}-indomain-fp32.tsv")))
             return g[0] if g else None
         print(f"== {cell}")
         named = [(n, p_) for n, p_ in (("fp4q-mrgptq", f("fp4q", "mrgptq")), ("fpq-mrgptq-fix", f("fpq", "mrgptq-fix")),
-                                       ("fpq-mrgptq-bf16", f("fpq", "mrgptq-bf16"))) if p_]
+                                       ("fpq-mrgptq-bf16", f("fpq", "mrgptq-bf16")),
+                                       ("fpq-mrgptq-fused-fix", f("fpq", "mrgptq-fused-fix"))) if p_]
         rows = {}
         if len(named) >= 2:
             rows = summarize(named)
@@ -181,13 +235,51 @@ def table(d):
             compare(rows, "fp4q-gptq", "fp4q-rtn")
 
 
+def entropy_fit(dirs):
+    """Across every cell file with entropy columns in the given directories: the part of a cell's
+    log-perplexity change that its KL does not account for, dnll - KL (zero in expectation if the
+    text were drawn from the reference model), against its entropy change dH, with the
+    least-squares line dnll - KL = a + b dH and its R^2. For an over-confident reference (mean NLL
+    above mean entropy) flatter cells (dH > 0) gain perplexity beyond their KL: b < 0."""
+    import glob
+    import os
+    pts = []
+    for d in dirs:
+        for p_ in sorted(glob.glob(os.path.join(d, "*-fp32.tsv"))):
+            ws = read_tokens(p_)
+            if "unquantized" in p_ or any(len(v) != 6 for v in ws.values()):
+                continue
+            n = sum(v[0] for v in ws.values())
+            dn, kl = sum(v[1] - v[2] for v in ws.values()) / n, sum(v[3] for v in ws.values()) / n
+            dh, cal = sum(v[4] - v[5] for v in ws.values()) / n, sum(v[2] - v[5] for v in ws.values()) / n
+            pts.append((f"{os.path.basename(os.path.normpath(d))}/{os.path.basename(p_)[:-len('-indomain-fp32.tsv')]}",
+                        dn, kl, dh, cal))
+    if len(pts) < 3:
+        raise SystemExit("entropy fit: fewer than 3 cells with entropy columns")
+    x = [p_[3] for p_ in pts]
+    y = [p_[1] - p_[2] for p_ in pts]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    b = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sum((u - mx) ** 2 for u in x)
+    a = my - b * mx
+    r2 = 1 - sum((v - a - b * u) ** 2 for u, v in zip(x, y)) / sum((v - my) ** 2 for v in y)
+    print(f"{'cell':58s} {'dnll':>7s} {'KL':>7s} {'dH':>7s} {'dnll-KL':>8s} {'fit':>7s} (1e-3 nats; ref nll - ref H)")
+    for (name, dn, kl, dh, cal), v in zip(pts, y):
+        print(f"{name:58s} {1e3 * dn:7.2f} {1e3 * kl:7.2f} {1e3 * dh:+7.2f} {1e3 * v:+8.2f} {1e3 * (a + b * dh):+7.2f} ({cal:+.4f})")
+    print(f"fit over {len(pts)} cells: dnll - KL = {1e3 * a:+.2f}e-3 {b:+.4f} * dH, R^2 {r2:.3f}")
+    return a, b, r2
+
+
 def main(argv):
-    if len(argv) == 2 and argv[0] == "--table":
-        return table(argv[1])
+    if len(argv) >= 2 and argv[0] == "--table":
+        return table(*argv[1:])
     if argv == ["--self-test"]:
         return self_test()
     if len(argv) == 3 and argv[0] == "--to-windows":
         return to_windows(argv[1], argv[2])
+    if len(argv) >= 2 and argv[0] == "--entropy-fit":
+        return entropy_fit(argv[1:])
+    if len(argv) >= 4 and argv[0] == "--pool":
+        return pool(argv[1], argv[2:])
     all_pairs = "--all-pairs" in argv
     args = [x for x in argv if x != "--all-pairs"]
     named = []
