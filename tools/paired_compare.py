@@ -22,6 +22,7 @@ A difference is called "resolved" when it is at least 2 standard errors from 0.
   python3 tools/paired_compare.py --to-windows TOKENS.tsv WINDOWS.tsv   # per-window sums, for storing
   python3 tools/paired_compare.py --pool OUT.tsv FILE FILE [...]      # one cell over several calibrations
   python3 tools/paired_compare.py --entropy-fit DIR [DIR...]  # dnll - KL against the entropy change, all cells
+  python3 tools/paired_compare.py --across DIR[,DIR...] ...   # fp4q vs FP-Quant MR-GPTQ per model, combined
   python3 tools/paired_compare.py --table DIR [DIR...]  # every cell of a directory of such files (issue 9);
                                                           # several: pooled over calibration samples
   python3 tools/paired_compare.py --self-test
@@ -194,7 +195,91 @@ def self_test():
             f.write(f"window\tnll\tref_nll\tkl\tent\tref_ent\n0\t{2.0 + dn!r}\t2.0\t{kl!r}\t{1.5 + dh!r}\t1.5\n")
     a, b, r2 = entropy_fit([fd])
     assert abs(a - 0.01) < 1e-9 and abs(b + 0.5) < 1e-9 and abs(r2 - 1) < 1e-9, (a, b, r2)
+    # combine(): equal errors give the plain mean and se/sqrt(k); Q = sum((v - mean)^2) / se^2;
+    # tau^2 = (Q - df) / (S1 - S2/S1) with S1 = k/se^2, S2 = k/se^4
+    m, se_, q, tau2, rm, rse = combine([1.0, 2.0, 6.0], [1.0, 1.0, 1.0])
+    assert abs(m - 3.0) < 1e-12 and abs(se_ - 1 / math.sqrt(3)) < 1e-12 and abs(q - 14.0) < 1e-12
+    assert abs(tau2 - 6.0) < 1e-12 and abs(rm - 3.0) < 1e-12 and abs(rse - math.sqrt(7.0 / 3)) < 1e-12
+    m, se_, q, tau2, rm, rse = combine([1.0, 1.5], [1.0, 2.0])   # Q below df: no between-estimate spread
+    assert abs(m - 1.1) < 1e-12 and abs(q - 0.05) < 1e-12 and tau2 == 0.0 and rm == m and rse == se_
     print("paired_compare self-test ok")
+
+
+def pooled_dir(dirs, quiet=False):
+    """A temporary directory holding every cell file of dirs[0], pooled (pool()) over those of
+    `dirs` that hold a file of the same name."""
+    import glob
+    import os
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    names = sorted(os.path.basename(p_) for p_ in glob.glob(os.path.join(dirs[0], "*-fp32.tsv")))
+    by = {}
+    for n in names:  # every file of the first directory, pooled over the directories that have it
+        have = [os.path.join(x, n) for x in dirs if os.path.exists(os.path.join(x, n))]
+        pool(os.path.join(tmp, n), have)
+        by.setdefault(len(have), []).append(n[:-len("-indomain-fp32.tsv")])
+    if not quiet:
+        for k in sorted(by, reverse=True):
+            print(f"in {k} of {len(dirs)} directories: {', '.join(by[k])}")
+    return tmp
+
+
+def paired(pa, pb):
+    """Paired difference A - B of two cell files: (ln ppl, se, KL, se)."""
+    ra, rb = read_tokens(pa), read_tokens(pb)
+    keys = sorted(ra)
+    if keys != sorted(rb) or any(ra[w][0] != rb[w][0] for w in keys):
+        raise SystemExit(f"{pa} and {pb} were not scored on the same windows")
+    cnt = [ra[w][0] for w in keys]
+    m, se = clustered_mean_se([(ra[w][1] - ra[w][2]) - (rb[w][1] - rb[w][2]) for w in keys], cnt)
+    km, kse = clustered_mean_se([ra[w][3] - rb[w][3] for w in keys], cnt)
+    return m, se, km, kse
+
+
+def combine(vals, ses):
+    """Independent estimates with standard errors: the inverse-variance weighted mean and its SE,
+    Cochran's Q, the DerSimonian-Laird between-estimate variance tau^2 = max(0, (Q - df) / (S1 -
+    S2 / S1)) (S1, S2: sums of the weights and of their squares) and the random-effects mean and SE
+    with weights 1 / (se^2 + tau^2)."""
+    w = [1 / x ** 2 for x in ses]
+    mean = sum(wi * v for wi, v in zip(w, vals)) / sum(w)
+    q = sum(wi * (v - mean) ** 2 for wi, v in zip(w, vals))
+    tau2 = max(0.0, (q - (len(vals) - 1)) / (sum(w) - sum(x * x for x in w) / sum(w)))
+    wr = [1 / (x ** 2 + tau2) for x in ses]
+    rmean = sum(wi * v for wi, v in zip(wr, vals)) / sum(wr)
+    return mean, 1 / math.sqrt(sum(w)), q, tau2, rmean, 1 / math.sqrt(sum(wr))
+
+
+def across(specs):
+    """fp4q MR-GPTQ minus FP-Quant MR-GPTQ (fix, bf16) per cell on several models, and their
+    inverse-variance weighted mean over the models (models are independent), with Cochran's Q:
+    the spread of the per-model differences against their standard errors (Q well above the
+    number of models minus one: the difference depends on the model). Each spec is one model:
+    a windows directory, or several separated by commas (pooled over calibration samples)."""
+    import os
+    dirs = [spec.split(",") for spec in specs]
+    dirs = [ds[0] if len(ds) == 1 else pooled_dir(ds, quiet=True) for ds in dirs]
+    for cell in ("nvfp4-w4a16", "nvfp4-w4a4", "mxfp4-w4a16", "mxfp4-w4a4"):
+        for v in ("fix", "bf16"):
+            rows = []
+            for spec, d in zip(specs, dirs):
+                a = os.path.join(d, f"fp4q-{cell}-mrgptq-indomain-fp32.tsv")
+                b = os.path.join(d, f"fpq-{cell}-mrgptq-{v}-indomain-fp32.tsv")
+                if os.path.exists(a) and os.path.exists(b):
+                    rows.append((spec, *paired(a, b)))
+            if not rows:
+                continue
+            print(f"== {cell}, fp4q MR-GPTQ - FP-Quant MR-GPTQ {v} (ln ppl in %, KL in 1e-3 nats)")
+            for spec, m, se, km, kse in rows:
+                print(f"  {spec}: {100 * m:+.3f} +- {100 * se:.3f}; KL {1e3 * km:+.3f} +- {1e3 * kse:.3f}")
+            if len(rows) > 1:
+                mean, se, q, tau2, rmean, rse = combine([r[1] for r in rows], [r[2] for r in rows])
+                kmean, kse = combine([r[3] for r in rows], [r[4] for r in rows])[:2]
+                print(f"  over {len(rows)} models: {100 * mean:+.3f} +- {100 * se:.3f} "
+                      f"(Cochran's Q {q:.1f} on {len(rows) - 1} degrees of freedom; with the between-model spread "
+                      f"{100 * math.sqrt(tau2):.3f}: {100 * rmean:+.3f} +- {100 * rse:.3f}); "
+                      f"KL {1e3 * kmean:+.3f} +- {1e3 * kse:.3f}")
+    return
 
 
 def table(d, *more):
@@ -202,18 +287,12 @@ def table(d, *more):
     fp4q-<cell>-<method>-<text>-fp32.tsv and fpq-<cell>-<method>-{fix,bf16,fused-fix}-<text>-fp32.tsv):
     fp4q MR-GPTQ against FP-Quant MR-GPTQ (fix, bf16, fused-fix), and fp4q MR-GPTQ / GPTQ / RTN
     pairwise. With several directories (the same cells quantized from other calibration samples,
-    scored on the same ids), every file present in all of them is pooled first (pool())."""
+    scored on the same ids), each cell is first pooled over the directories that hold it (pool();
+    the first lines say which cells were pooled over how many)."""
     import glob
     import os
     if more:
-        import tempfile
-        tmp = tempfile.mkdtemp()
-        names = sorted(os.path.basename(p_) for p_ in glob.glob(os.path.join(d, "*-fp32.tsv")))
-        names = [n for n in names if all(os.path.exists(os.path.join(m, n)) for m in more)]
-        for n in names:
-            pool(os.path.join(tmp, n), [os.path.join(x, n) for x in (d,) + more])
-        print(f"pooled over {1 + len(more)} directories: {', '.join(n[:-len('-indomain-fp32.tsv')] for n in names)}")
-        d = tmp
+        d = pooled_dir((d,) + more)
     for cell in ("nvfp4-w4a16", "nvfp4-w4a4", "mxfp4-w4a16", "mxfp4-w4a4"):
         def f(prefix, method):
             g = sorted(glob.glob(os.path.join(d, f"{prefix}-{cell}-{method}-indomain-fp32.tsv")))
@@ -276,6 +355,8 @@ def main(argv):
         return self_test()
     if len(argv) == 3 and argv[0] == "--to-windows":
         return to_windows(argv[1], argv[2])
+    if len(argv) >= 2 and argv[0] == "--across":
+        return across(argv[1:])
     if len(argv) >= 2 and argv[0] == "--entropy-fit":
         return entropy_fit(argv[1:])
     if len(argv) >= 4 and argv[0] == "--pool":
