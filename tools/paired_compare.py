@@ -282,6 +282,14 @@ def across(specs):
     return
 
 
+def compare_if_same(rows, a, b):
+    """compare(), or a note where the two cells were pooled over different numbers of samples."""
+    if rows[a]["cnt"] != rows[b]["cnt"]:
+        print(f"{a} - {b}: not compared (pooled over different calibration samples)")
+    else:
+        compare(rows, a, b)
+
+
 def table(d, *more):
     """The issue-9 comparisons for every cell found in a windows directory (files
     fp4q-<cell>-<method>-<text>-fp32.tsv and fpq-<cell>-<method>-{fix,bf16,fused-fix}-<text>-fp32.tsv):
@@ -305,13 +313,13 @@ def table(d, *more):
         if len(named) >= 2:
             rows = summarize(named)
             for b, _ in named[1:]:
-                compare(rows, named[0][0], b)
+                compare_if_same(rows, named[0][0], b)
         own = [(n, p_) for n, p_ in (("fp4q-mrgptq", f("fp4q", "mrgptq")), ("fp4q-gptq", f("fp4q", "gptq")),
                                      ("fp4q-rtn", f("fp4q", "rtn"))) if p_]
         if len(own) == 3:
             rows.update(summarize([x for x in own if x[0] not in rows]))
-            compare(rows, "fp4q-mrgptq", "fp4q-gptq")
-            compare(rows, "fp4q-gptq", "fp4q-rtn")
+            compare_if_same(rows, "fp4q-mrgptq", "fp4q-gptq")
+            compare_if_same(rows, "fp4q-gptq", "fp4q-rtn")
 
 
 def entropy_fit(dirs):
