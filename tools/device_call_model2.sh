@@ -19,7 +19,8 @@
 # those seeds (same text, same held-out ids) and runs SEED_FPQ_CELLS (default: NVFP4 W4A4 MR-GPTQ
 # fix, bf16, fused-fix and GPTQ fix) and SEED_FP4Q_CELLS (NVFP4 W4A4 MR-GPTQ and GPTQ) on each, in a
 # second fp4q lane; their per-window sums come back in windows-s<seed>/. FPQ_CELLS, FP4Q_CELLS:
-# the cells of the seed-42 windows; THREADS: fp4q threads per lane. The call returns at most 64 MiB: the model tar
+# the cells of the seed-42 windows (FP4Q_CELLS=" " and SEED_FP4Q_CELLS=" ": no fp4q cells there, only
+# fp4q's unquantized score; the fp4q cells then run here); THREADS: fp4q threads per lane. The call returns at most 64 MiB: the model tar
 # (~55 MB for these defaults) plus results; per-token files travel as per-window sums
 # (tools/paired_compare.py --to-windows), a few KB each.
 # Here, afterwards: the other fp4q cells (GPTQ, RTN) with
