@@ -613,9 +613,17 @@ float* Model::moe_block(int l, const LayerWeights& w, const float* xn, int64_t n
     if (hook) hook->on_expert_input(l, e, LinearKind::kDown, ge, n_seq, m, I);
     if (!need_output || ne == 0) continue;
     const float* act = ge;
-    if (all) {  // only the routed rows go on to down_proj
-      gather(ge, I, rows, ne, ue);
-      act = ue;
+    if (all) {
+      // Only the routed rows go on to down_proj, computed exactly as in routed mode: with some BLAS
+      // kernels (OpenBLAS's Haswell SGEMM) a GEMM row's result depends on the number of rows, so
+      // picking the routed rows out of the all-token products would change the layer's output in
+      // its last bits. The extra gate/up product covers ne of the N rows.
+      gather(xn, H, rows, ne, xe);
+      round_linear_input(xe, ne, H);
+      layer_linear(xe, ne, H, ew.gate.w.data(), I, nullptr, ge);
+      layer_linear(xe, ne, H, ew.up.w.data(), I, nullptr, ue);
+      glu(ge, ue, ne * I, c.act);
+      round_linear_input(ge, ne, I);
     }
     layer_linear(act, ne, I, ew.down.w.data(), H, nullptr, ye);
     // out[row] += y * w (float32 product, then float32 add; rows of one expert are distinct).
