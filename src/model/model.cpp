@@ -600,32 +600,28 @@ float* Model::moe_block(int l, const LayerWeights& w, const float* xn, int64_t n
     if (ne == 0 && !all) continue;
     const int64_t* rows = r.row_ids.data() + r.offsets[e];
     const float* rw = r.row_weight.data() + r.offsets[e];
-    const int64_t m = all ? N : ne;  // rows this expert computes
-    if (all) std::copy(xn, xn + n * H, xe);
-    else gather(xn, H, rows, ne, xe);
     const ExpertWeights& ew = w.experts[e];
-    round_linear_input(xe, m, H);  // the router above read xn in float32
-    if (hook) hook->on_expert_input(l, e, LinearKind::kGate, xe, n_seq, m, H);
-    layer_linear(xe, m, H, ew.gate.w.data(), I, nullptr, ge);
-    layer_linear(xe, m, H, ew.up.w.data(), I, nullptr, ue);
-    glu(ge, ue, m * I, c.act);
-    round_linear_input(ge, m, I);
-    if (hook) hook->on_expert_input(l, e, LinearKind::kDown, ge, n_seq, m, I);
+    // The expert's activation act(x) = glu(x·gate, x·up) of `m` rows of xn (`sel`: which rows; all
+    // N when null) into ge, with the hooks' view of its gate and down inputs when `hooks`.
+    auto activation = [&](const int64_t* sel, int64_t m, bool hooks) {
+      if (sel) gather(xn, H, sel, m, xe);
+      else std::copy(xn, xn + n * H, xe);
+      round_linear_input(xe, m, H);  // the router above read xn in float32
+      if (hooks) hook->on_expert_input(l, e, LinearKind::kGate, xe, n_seq, m, H);
+      layer_linear(xe, m, H, ew.gate.w.data(), I, nullptr, ge);
+      layer_linear(xe, m, H, ew.up.w.data(), I, nullptr, ue);
+      glu(ge, ue, m * I, c.act);
+      round_linear_input(ge, m, I);
+      if (hooks) hook->on_expert_input(l, e, LinearKind::kDown, ge, n_seq, m, I);
+    };
+    activation(all ? nullptr : rows, all ? N : ne, hook != nullptr);  // all-tokens mode: every row
     if (!need_output || ne == 0) continue;
-    const float* act = ge;
-    if (all) {
-      // Only the routed rows go on to down_proj, computed exactly as in routed mode: with some BLAS
-      // kernels (OpenBLAS's Haswell SGEMM) a GEMM row's result depends on the number of rows, so
-      // picking the routed rows out of the all-token products would change the layer's output in
-      // its last bits. The extra gate/up product covers ne of the N rows.
-      gather(xn, H, rows, ne, xe);
-      round_linear_input(xe, ne, H);
-      layer_linear(xe, ne, H, ew.gate.w.data(), I, nullptr, ge);
-      layer_linear(xe, ne, H, ew.up.w.data(), I, nullptr, ue);
-      glu(ge, ue, ne * I, c.act);
-      round_linear_input(ge, ne, I);
-    }
-    layer_linear(act, ne, I, ew.down.w.data(), H, nullptr, ye);
+    // Only the routed rows go on to down_proj. In all-tokens mode they are computed again exactly as
+    // in routed mode: with some BLAS kernels (OpenBLAS's Haswell SGEMM) a GEMM row's result depends
+    // on the number of rows, so picking the routed rows out of the all-token products would change
+    // the layer's output in its last bits. The extra gate/up product covers ne of the N rows.
+    if (all) activation(rows, ne, false);
+    layer_linear(ge, ne, I, ew.down.w.data(), H, nullptr, ye);
     // out[row] += y * w (float32 product, then float32 add; rows of one expert are distinct).
     detail::par_for(static_cast<long>(ne), 2.0 * H, [&](long i) {
       float* o = out + rows[i] * H;

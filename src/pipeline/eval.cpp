@@ -283,11 +283,17 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
           }
           const double lza = std::log(sa) + ma, lzc = std::log(sc) + mc;  // log partition functions
           // KL(P_ref || P_q) = sum_j p_ref(j) (log p_ref(j) - log p_q(j)), all in double; identical
-          // logits give exactly 0.
-          double d = 0.0;
+          // logits give exactly 0. With a dump, the same pass also sums the entropies
+          // -sum_j p(j) log p(j) of both distributions (the dump's ent, ref_ent).
+          double d = 0.0, hq = 0.0, hr = 0.0;
           for (int64_t j = 0; j < V; ++j) {
             const double lpc = static_cast<double>(c[j]) - lzc, lpa = static_cast<double>(a[j]) - lza;
-            d += std::exp(lpc) * (lpc - lpa);
+            const double pc = std::exp(lpc);
+            d += pc * (lpc - lpa);
+            if (dump) {
+              hq -= std::exp(lpa) * lpa;
+              hr -= pc * lpc;
+            }
           }
           const int32_t target = wid[r0 + i + 1];
           // Model::nll_sum's expression, so the perplexity equals a run without a reference.
@@ -295,16 +301,7 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
           nll_r[static_cast<size_t>(r0 + i)] = std::log(sc) + mc - static_cast<double>(c[target]);
           const size_t t = static_cast<size_t>(tok0 + r0 + i);
           kl[t] = d;
-          if (dump) {  // entropies -sum_j p(j) log p(j) of both distributions (the dump's ent, ref_ent)
-            double hq = 0.0, hr = 0.0;
-            for (int64_t j = 0; j < V; ++j) {
-              const double lpc = static_cast<double>(c[j]) - lzc, lpa = static_cast<double>(a[j]) - lza;
-              hq -= std::exp(lpa) * lpa;
-              hr -= std::exp(lpc) * lpc;
-            }
-            ent_q[t] = hq;
-            ent_r[t] = hr;
-          }
+          if (dump) ent_q[t] = hq, ent_r[t] = hr;
           agree[t] = ka == kc;
         });
       }
@@ -313,7 +310,7 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
         sq += nll_q[static_cast<size_t>(t)];
         sr += nll_r[static_cast<size_t>(t)];
         dnll[static_cast<size_t>(tok0 + t)] = nll_q[static_cast<size_t>(t)] - nll_r[static_cast<size_t>(t)];
-        if (!all_q.empty()) {
+        if (dump) {
           all_q[static_cast<size_t>(tok0 + t)] = nll_q[static_cast<size_t>(t)];
           all_r[static_cast<size_t>(tok0 + t)] = nll_r[static_cast<size_t>(t)];
         }

@@ -46,8 +46,9 @@ struct EvalOptions {
   // stored (activations/runtime/format/hadamard above apply to `dir` only), in the same dtype.
   std::string kl_reference;
   // With kl_reference: write one line per scored token here (TSV with the header
-  // "window<TAB>nll<TAB>ref_nll<TAB>kl"; window = index of its evaluation window), so two models
-  // scored on the same ids can be compared token by token (tools/paired_compare.py).
+  // "window<TAB>nll<TAB>ref_nll<TAB>kl<TAB>ent<TAB>ref_ent"; window = index of its evaluation window,
+  // ent / ref_ent = entropy of the model's / the reference's next-token distribution), so two
+  // models scored on the same ids can be compared token by token (tools/paired_compare.py).
   std::string dump_tokens;
 };
 
