@@ -53,9 +53,9 @@ if [ -d "models/$name" ]; then
   el "prepare rc=$?"
   rm -f "$work/eval-frankenstein.json" "$work/eval-wikitext2.json"   # in-domain text only
   for s in ${CALIB_SEEDS:-}; do   # the same held-out ids, calibration windows of another seed
-    mkdir -p "$work-s$s" && cp "$work/eval-indomain.json" "$work-s$s/"
-    "$FP4Q" -q quantize "models/$name" /tmp/unused --dry-run --calib .device/run/tinyshakespeare.txt \
-      --samples 128 --seqlen 512 --seed "$s" --dump-calib "$work-s$s/calib.json" > "$work-s$s/plan.txt" 2>> "$log/prepare.log"
+    SEED="$s" CALIB_TEXT=.device/run/tinyshakespeare.txt INDOMAIN_IDS="$work/eval-indomain.json" \
+      bash tools/fpquant_side_by_side.sh prepare "models/$name" "$work-s$s" >> "$log/prepare.log" 2>&1
+    rm -f "$work-s$s/eval-frankenstein.json" "$work-s$s/eval-wikitext2.json"
   done
   left=$(( ${CALL_SECONDS:-320} - ($(date +%s) - t0) - 20 ))
   fpq_cells="${FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a16-mrgptq-fix mxfp4-w4a4-mrgptq-fix mxfp4-w4a16-mrgptq-fix
@@ -98,22 +98,19 @@ mkdir -p /tmp/pack/sbs
 cp "$work"/*.json "$work"/*.tsv "$work"/plan.txt /tmp/pack/sbs/ 2>/dev/null
 cp "$work"/fp4q/*.report.json /tmp/pack/sbs/ 2>/dev/null
 cp "$work"/fpq/fpquant.jsonl "$work"/fpq/fpquant.log /tmp/pack/sbs/ 2>/dev/null
-mkdir -p /tmp/pack/sbs/windows
-for f in "$work"/fp4q/tokens/*.tsv; do
-  [ -f "$f" ] && python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows/fp4q-$(basename "$f")"
-done
-for f in "$work"/fpq/tokens/*.tsv; do
-  [ -f "$f" ] && python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows/fpq-$(basename "$f")"
-done
-for s in ${CALIB_SEEDS:-}; do
-  mkdir -p "/tmp/pack/sbs/windows-s$s"
-  cp "$work-s$s"/calib.json "$work-s$s"/plan.txt "$work-s$s"/fp4q.tsv "/tmp/pack/sbs/windows-s$s/" 2>/dev/null
-  cp "$work-s$s"/fpq/fpquant.jsonl "/tmp/pack/sbs/windows-s$s/" 2>/dev/null
-  for f in "$work-s$s"/fp4q/tokens/*.tsv "$work-s$s"/fpq/tokens/*.tsv; do
+windows() {  # $1 = work directory, $2 = destination: per-window sums of both tools' per-token files
+  mkdir -p "$2"
+  for f in "$1"/fp4q/tokens/*.tsv "$1"/fpq/tokens/*.tsv; do
     [ -f "$f" ] || continue
     case "$f" in */fp4q/tokens/*) pre=fp4q ;; *) pre=fpq ;; esac
-    python3 tools/paired_compare.py --to-windows "$f" "/tmp/pack/sbs/windows-s$s/$pre-$(basename "$f")"
+    python3 tools/paired_compare.py --to-windows "$f" "$2/$pre-$(basename "$f")"
   done
+}
+windows "$work" /tmp/pack/sbs/windows
+for s in ${CALIB_SEEDS:-}; do
+  windows "$work-s$s" "/tmp/pack/sbs/windows-s$s"
+  cp "$work-s$s"/calib.json "$work-s$s"/plan.txt "$work-s$s"/fp4q.tsv "/tmp/pack/sbs/windows-s$s/" 2>/dev/null
+  cp "$work-s$s"/fpq/fpquant.jsonl "/tmp/pack/sbs/windows-s$s/" 2>/dev/null
 done
 cp -r "$log" /tmp/pack/
 tar -czf "$out/results.tar.gz" -C /tmp/pack .

@@ -108,42 +108,53 @@ def clustered_mean_se(sums, counts):
     return mean, math.sqrt(g / (g - 1) * ss) / n
 
 
+def cell_rows(ws):
+    """Per-window vectors of one cell (windows in ascending order): token counts, NLL differences
+    to the reference, KL, the reference's NLL and, with entropies, the entropy change and the
+    reference's NLL minus its entropy."""
+    keys = sorted(ws)
+    rows = {"keys": keys, "cnt": [ws[w][0] for w in keys], "d": [ws[w][1] - ws[w][2] for w in keys],
+            "k": [ws[w][3] for w in keys], "ref": [ws[w][2] for w in keys]}
+    if all(len(ws[w]) == 6 for w in keys):  # entropy change H(P_cell) - H(P_ref); > 0: flatter
+        rows["h"] = [ws[w][4] - ws[w][5] for w in keys]
+        rows["cal"] = [ws[w][2] - ws[w][5] for w in keys]
+    return rows
+
+
 def summarize(named):
     rows = {}
     for name, path in named:
-        ws = read_tokens(path)
-        keys = sorted(ws)
-        cnt = [ws[w][0] for w in keys]
-        d = [ws[w][1] - ws[w][2] for w in keys]
-        k = [ws[w][3] for w in keys]
-        dm, dse = clustered_mean_se(d, cnt)
-        km, kse = clustered_mean_se(k, cnt)
-        rows[name] = {"keys": keys, "cnt": cnt, "d": d, "k": k, "ref": [ws[w][2] for w in keys]}
+        r = rows[name] = cell_rows(read_tokens(path))
+        cnt = r["cnt"]
+        dm, dse = clustered_mean_se(r["d"], cnt)
+        km, kse = clustered_mean_se(r["k"], cnt)
         ent = ""
-        if all(len(ws[w]) == 6 for w in keys):  # entropy change H(P_cell) - H(P_ref); > 0: flatter
-            rows[name]["h"] = [ws[w][4] - ws[w][5] for w in keys]
-            hm, hse = clustered_mean_se(rows[name]["h"], cnt)
-            cal, _ = clustered_mean_se([ws[w][2] - ws[w][5] for w in keys], cnt)
+        if "h" in r:
+            hm, hse = clustered_mean_se(r["h"], cnt)
+            cal, _ = clustered_mean_se(r["cal"], cnt)
             ent = f"  dH {1e3 * hm:+8.3f}e-3 +- {1e3 * hse:.3f} (ref nll - ref H {cal:+.4f})"
         print(f"{name:28s} tokens {sum(cnt):6d}  ppl change {100 * math.expm1(dm):+7.3f} % (ln ratio se {100 * dse:.3f} %)"
               f"  KL {1e3 * km:8.3f}e-3 +- {1e3 * kse:.3f}{ent}")
     return rows
 
 
-def compare(rows, a, b):
-    ra, rb = rows[a], rows[b]
+def paired_diff(ra, rb, a, b):
+    """Paired differences A - B of two cells' rows (cell_rows()) as (mean, se) pairs: ln perplexity,
+    KL and, where both have entropies, the entropy change (else None)."""
     if ra["keys"] != rb["keys"] or ra["cnt"] != rb["cnt"]:
         raise SystemExit(f"{a} and {b} were not scored on the same windows")
     if any(abs(x - y) > 1e-3 * max(1.0, abs(x)) for x, y in zip(ra["ref"], rb["ref"])):
         raise SystemExit(f"{a} and {b}: reference NLLs differ (different ids or reference?)")
-    dd = [x - y for x, y in zip(ra["d"], rb["d"])]
-    dk = [x - y for x, y in zip(ra["k"], rb["k"])]
-    m, se = clustered_mean_se(dd, ra["cnt"])
-    km, kse = clustered_mean_se(dk, ra["cnt"])
+    diff = lambda key: clustered_mean_se([x - y for x, y in zip(ra[key], rb[key])], ra["cnt"])
+    return diff("d"), diff("k"), diff("h") if "h" in ra and "h" in rb else None
+
+
+def compare(rows, a, b):
+    (m, se), (km, kse), h = paired_diff(rows[a], rows[b], a, b)
     verdict = lambda v, s_: "resolved" if abs(v) >= 2 * s_ else "not resolved"
     ent = ""
-    if "h" in ra and "h" in rb:
-        hm, hse = clustered_mean_se([x - y for x, y in zip(ra["h"], rb["h"])], ra["cnt"])
+    if h:
+        hm, hse = h
         ent = f"; dH {1e3 * hm:+.3f}e-3 +- {1e3 * hse:.3f} ({verdict(hm, hse)})"
     print(f"{a} - {b}: ln ppl {100 * m:+.3f} % +- {100 * se:.3f} ({verdict(m, se)}); "
           f"KL {1e3 * km:+.3f}e-3 +- {1e3 * kse:.3f} ({verdict(km, kse)}){ent}")
@@ -226,13 +237,7 @@ def pooled_dir(dirs, quiet=False):
 
 def paired(pa, pb):
     """Paired difference A - B of two cell files: (ln ppl, se, KL, se)."""
-    ra, rb = read_tokens(pa), read_tokens(pb)
-    keys = sorted(ra)
-    if keys != sorted(rb) or any(ra[w][0] != rb[w][0] for w in keys):
-        raise SystemExit(f"{pa} and {pb} were not scored on the same windows")
-    cnt = [ra[w][0] for w in keys]
-    m, se = clustered_mean_se([(ra[w][1] - ra[w][2]) - (rb[w][1] - rb[w][2]) for w in keys], cnt)
-    km, kse = clustered_mean_se([ra[w][3] - rb[w][3] for w in keys], cnt)
+    (m, se), (km, kse), _ = paired_diff(cell_rows(read_tokens(pa)), cell_rows(read_tokens(pb)), pa, pb)
     return m, se, km, kse
 
 
@@ -279,7 +284,6 @@ def across(specs):
                       f"(Cochran's Q {q:.1f} on {len(rows) - 1} degrees of freedom; with the between-model spread "
                       f"{100 * math.sqrt(tau2):.3f}: {100 * rmean:+.3f} +- {100 * rse:.3f}); "
                       f"KL {1e3 * kmean:+.3f} +- {1e3 * kse:.3f}")
-    return
 
 
 def compare_if_same(rows, a, b):
