@@ -15,7 +15,10 @@
 #       fpquant.jsonl, windows/ (per-window sums of both tools' per-token scores); logs/).
 # Shape (env): NAME (fp4q-llama-27m), HIDDEN 512, LAYERS 6, HEADS 8, KV_HEADS 4, INTERMEDIATE 1536,
 # TRAIN_BUDGET (60 s of training), TRAIN_SEED (4321; the calibration windows use fp4q's sampler with
-# seed 42). Replication over calibration samples: CALIB_SEEDS="1 2" also prepares fp4q's windows with
+# seed 42), VAL_FRACTION (0.01: the held-out share of every corpus file, which is the evaluation
+# text; 0.1 gives ten times the text and about a third of the paired standard errors; pass
+# KL_CACHE=none then: the reference logits of that text would take ~20 GB).
+# Replication over calibration samples: CALIB_SEEDS="1 2" also prepares fp4q's windows with
 # those seeds (same text, same held-out ids) and runs SEED_FPQ_CELLS (default: NVFP4 W4A4 MR-GPTQ
 # fix, bf16, fused-fix and GPTQ fix) and SEED_FP4Q_CELLS (NVFP4 W4A4 MR-GPTQ and GPTQ) on each, in a
 # second fp4q lane; their per-window sums come back in windows-s<seed>/. FPQ_CELLS, FP4Q_CELLS:
@@ -43,6 +46,7 @@ mkdir -p .device/train-corpus && tar -xJf .device/train-corpus.tar.xz -C .device
 timeout 200 python3 tools/train_eval_model.py --corpus .device/train-corpus --out "$out" --name "$name" \
   --hidden "${HIDDEN:-512}" --layers "${LAYERS:-6}" --heads "${HEADS:-8}" --kv-heads "${KV_HEADS:-4}" \
   --intermediate "${INTERMEDIATE:-1536}" --seed "${TRAIN_SEED:-4321}" --time-budget "${TRAIN_BUDGET:-60}" \
+  --val-fraction "${VAL_FRACTION:-0.01}" \
   > "$log/train.log" 2>&1
 el "train rc=$?"
 bash tools/reassemble_model.sh "$out" models > "$log/reassemble.log" 2>&1 || el "reassemble failed"
@@ -61,7 +65,7 @@ if [ -d "models/$name" ]; then
   fpq_cells="${FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a16-mrgptq-fix mxfp4-w4a4-mrgptq-fix mxfp4-w4a16-mrgptq-fix
     nvfp4-w4a4-mrgptq-bf16 nvfp4-w4a16-mrgptq-bf16}"
   ( CELLS="$fpq_cells" UNQUANTIZED_CELLS=unquantized JOBS="${JOBS:-7}" KL=1 DUMP_TOKENS=1 EVAL_DTYPES=fp32 \
-      KL_CACHE=/tmp/klcache OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+      KL_CACHE="${KL_CACHE:-/tmp/klcache}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
       timeout "$left" bash tools/fpquant_side_by_side.sh fpquant "models/$name" "$work" .ref/FP-Quant "$work/fpq" \
       > "$log/fpquant.out" 2>&1; echo "rc=$?" >> "$log/fpquant.out" ) &
   fpq=$!
@@ -74,7 +78,7 @@ if [ -d "models/$name" ]; then
   pids=()
   for s in ${CALIB_SEEDS:-}; do
     ( CELLS="$seed_fpq" JOBS="${SEED_JOBS:-4}" KL=1 DUMP_TOKENS=1 EVAL_DTYPES=fp32 \
-        KL_CACHE=/tmp/klcache OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+        KL_CACHE="${KL_CACHE:-/tmp/klcache}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
         timeout "$left" bash tools/fpquant_side_by_side.sh fpquant "models/$name" "$work-s$s" .ref/FP-Quant "$work-s$s/fpq" \
         > "$log/fpquant-s$s.out" 2>&1; echo "rc=$?" >> "$log/fpquant-s$s.out" ) &
     pids+=($!)

@@ -26,12 +26,14 @@
 # In-domain text (prepare): INDOMAIN_IDS = a ready ids file (.json or .json.gz, e.g. the committed
 # tests/data/side_by_side/llama23m-kl-2026-12-03/eval-indomain.json.gz), or INDOMAIN_CORPUS = the
 # model's training corpus directory: tools/make_indomain_eval.py rebuilds the validation split that
-# tools/train_eval_model.py held out (INDOMAIN_EXPECT: its logged token count, checked). Unset: only
+# tools/train_eval_model.py held out (INDOMAIN_EXPECT: its logged token count, checked; VAL_FRACTION:
+# the training run's --val-fraction, default 0.01). Unset: only
 # the two texts above, as before.
 # KL (fp4q, fpquant): 1 = also KL(P_unquantized || P_cell) per token, top-1 agreement (extra
 # fp4q.tsv columns kl, kl_se, kl_p99, top1, ref_ppl, ln_ppl_ratio, ln_ppl_ratio_se; "kl" objects in
 # fpquant.jsonl). KL_CACHE (fpquant): where the shim caches the unquantized model's fp32 logits per
-# text (default: a temporary directory, removed at the end; ~2 GB per text of 65,536 ids).
+# text (default: a temporary directory, removed at the end; ~2 GB per text of 65,536 ids; "none":
+# no cache, every cell recomputes the reference's logits, for texts whose logits would not fit).
 # EVAL_DTYPES (fpquant): the shim's --eval-dtypes (default fp32,bf16). KEEP_OUTPUTS (fp4q): 1 = keep
 # WORK/fp4q/<cell> after scoring, and score a kept output instead of quantizing again.
 # DUMP_TOKENS (with KL=1): 1 = also the per-token scores of every cell and text, for
@@ -109,7 +111,7 @@ prepare)
     cut_ids "$work/eval-indomain.json"
   elif [ -n "${INDOMAIN_CORPUS:-}" ]; then
     "$py" "$here/tools/make_indomain_eval.py" --corpus "$INDOMAIN_CORPUS" --model "$model" --fp4q "$fp4q" \
-      --out "$work/eval-indomain.json" --expect-tokens "${INDOMAIN_EXPECT:-0}"
+      --out "$work/eval-indomain.json" --expect-tokens "${INDOMAIN_EXPECT:-0}" --val-fraction "${VAL_FRACTION:-0.01}"
     cut_ids "$work/eval-indomain.json"
   fi
   "$py" - "$work" <<'PY'
@@ -224,6 +226,7 @@ fpquant)
   eval_dtypes="${EVAL_DTYPES:-fp32,bf16}"
   klflags=""
   [ "$kl" = 1 ] && klflags="--kl-reference $model --kl-cache ${KL_CACHE:-$tmp/klcache}"
+  [ "$kl" = 1 ] && [ "${KL_CACHE:-}" = none ] && klflags="--kl-reference $model"
   [ "$kl" = 1 ] && [ "${DUMP_TOKENS:-0}" = 1 ] && klflags="$klflags --dump-tokens $outdir/tokens"
   export -f run_cell; export here py fpq work model eval_seqlen fpq_dtype tmp n t evals outdir eval_dtypes klflags
   cells="${UNQUANTIZED_CELLS:-unquantized} ${CELLS:-$(all_cells fpquant)}"
