@@ -22,7 +22,8 @@
 # those seeds (same text, same held-out ids) and runs SEED_FPQ_CELLS (default: NVFP4 W4A4 MR-GPTQ
 # fix, bf16, fused-fix and GPTQ fix) and SEED_FP4Q_CELLS (NVFP4 W4A4 MR-GPTQ and GPTQ) on each, in a
 # second fp4q lane; their per-window sums come back in windows-s<seed>/. FPQ_CELLS, FP4Q_CELLS:
-# the cells of the seed-42 windows (FP4Q_CELLS=" " and SEED_FP4Q_CELLS=" ": no fp4q cells there, only
+# the cells of the seed-42 windows (FP4Q_CELLS2: a second fp4q lane of them, run at the same time;
+# FP4Q_CELLS=" " and SEED_FP4Q_CELLS=" ": no fp4q cells there, only
 # fp4q's unquantized score; the fp4q cells then run here); THREADS: fp4q threads per lane. The call returns at most 64 MiB: the model tar
 # (~55 MB for these defaults) plus results; per-token files travel as per-window sums
 # (tools/paired_compare.py --to-windows), a few KB each.
@@ -62,6 +63,7 @@ if [ -d "models/$name" ]; then
     rm -f "$work-s$s/eval-frankenstein.json" "$work-s$s/eval-wikitext2.json"
   done
   left=$(( ${CALL_SECONDS:-320} - ($(date +%s) - t0) - 20 ))
+  pids=()
   fpq_cells="${FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a16-mrgptq-fix mxfp4-w4a4-mrgptq-fix mxfp4-w4a16-mrgptq-fix
     nvfp4-w4a4-mrgptq-bf16 nvfp4-w4a16-mrgptq-bf16}"
   ( CELLS="$fpq_cells" UNQUANTIZED_CELLS=unquantized JOBS="${JOBS:-7}" KL=1 DUMP_TOKENS=1 EVAL_DTYPES=fp32 \
@@ -74,8 +76,13 @@ if [ -d "models/$name" ]; then
       timeout "$left" bash tools/fpquant_side_by_side.sh fp4q "models/$name" "$work" > "$log/fp4q.out" 2>&1
     echo "rc=$?" >> "$log/fp4q.out" ) &
   fp4=$!
+  if [ -n "${FP4Q_CELLS2:-}" ]; then  # a second fp4q lane on the same windows, at the same time
+    ( sleep 5; CELLS="$FP4Q_CELLS2" SKIP_UNQUANTIZED=1 THREADS="${THREADS:-7}" KL=1 DUMP_TOKENS=1 \
+        timeout "$left" bash tools/fpquant_side_by_side.sh fp4q "models/$name" "$work" > "$log/fp4q-2.out" 2>&1
+      echo "rc=$?" >> "$log/fp4q-2.out" ) &
+    pids+=($!)
+  fi
   seed_fpq="${SEED_FPQ_CELLS:-nvfp4-w4a4-mrgptq-fix nvfp4-w4a4-mrgptq-bf16 nvfp4-w4a4-mrgptq-fused-fix nvfp4-w4a4-gptq-fix}"
-  pids=()
   for s in ${CALIB_SEEDS:-}; do
     ( CELLS="$seed_fpq" JOBS="${SEED_JOBS:-4}" KL=1 DUMP_TOKENS=1 EVAL_DTYPES=fp32 \
         KL_CACHE="${KL_CACHE:-/tmp/klcache}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
