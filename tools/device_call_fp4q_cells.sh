@@ -6,7 +6,9 @@
 #   LANES="cellA1 cellA2;cellB1 cellB2;..." THREADS=5 CALL_SECONDS=560 \
 #     bash tools/device_call_fp4q_cells.sh MODEL WORK "$OUT"
 #
-# carry: .device/run (fp4q-bin.tar.xz from tools/device_bundle.sh), MODEL, WORK (calib.json,
+# carry: .device/run (fp4q-bin.tar.xz from tools/device_bundle.sh), MODEL (a directory, or a
+# .tar.xz of one directory: bf16 weights shrink by a third, which the 64 MiB carry cap needs for a
+# 23M-parameter model), WORK (calib.json,
 # eval-*.json and, to skip cells already scored, fp4q.tsv). Lanes are separated by ';', each runs
 # its cells one after another (cell names as in tools/fpquant_side_by_side.sh) with THREADS fp4q
 # threads. $OUT/results.tar.gz: fp4q.tsv, the cells' reports, windows/ (per-window sums of the
@@ -19,6 +21,9 @@ el() { echo "[$(( $(date +%s) - t0 )) s] $*" >&2; }
 mkdir -p /tmp/fp4q-bin && tar -xJf .device/run/fp4q-bin.tar.xz -C /tmp/fp4q-bin
 export LD_LIBRARY_PATH=/tmp/fp4q-bin/lib FP4Q=/tmp/fp4q-bin/fp4q
 "$FP4Q" --version >&2 || { el "fp4q bundle does not run"; ldd "$FP4Q" >&2; }
+case "$model" in *.tar.xz)
+  mkdir -p /tmp/cells-model && tar -xJf "$model" -C /tmp/cells-model
+  model="/tmp/cells-model/$(ls /tmp/cells-model | head -1)" ;; esac
 work=/tmp/cells-work; log=/tmp/cells-logs; mkdir -p "$work" "$log"
 cp "$src"/calib.json "$src"/eval-*.json "$work"/
 [ -f "$src/fp4q.tsv" ] && cp "$src/fp4q.tsv" "$work/"   # header written once; scored cells skipped
