@@ -53,6 +53,8 @@
 # up and everything after them in the block; see docs/issue9-notes.md) and -bf16 (--dtype bfloat16,
 # FP-Quant's own default for a bf16 checkpoint, where the bug does not occur); e.g. nvfp4-w4a4-mrgptq-fused-fix.
 #   mrgptqh: fp4q only: mr-gptq --scales mse-hess (diag(H)-weighted MSE scales, the issue-9 candidate)
+#   mrgptq16, mrgptqf, mrgptq16f: fp4q only, ablations toward FP-Quant's recipe: mr-gptq --hadamard 16,
+#            --scales fpquant (FP-Quant's scale objective), both (not in the default cell list)
 # fp4q: --method rtn | gptq | mr-gptq with its defaults (gptq: absmax, no rotation, static
 # act-order; mr-gptq: rotation 16/32 (NVFP4 W4A4: none since 2ff3d96, so nvfp4-w4a4-mrgptq equals
 # -mrgptq0 there), MSE scales, static act-order; mrgptq0: mr-gptq --hadamard 0).
@@ -171,7 +173,8 @@ PY
     IFS=- read -r fmt a m <<<"$cell"
     acts=$([ "$a" = w4a4 ] && echo fp4 || echo none)
     meth=$(case "$m" in mrgptq*) echo mr-gptq ;; *) echo "$m" ;; esac)
-    extra=$(case "$m" in mrgptq0) echo "--hadamard 0" ;; mrgptqh) echo "--scales mse-hess" ;; esac)
+    extra=$(case "$m" in mrgptq0) echo "--hadamard 0" ;; mrgptqh) echo "--scales mse-hess" ;;
+      mrgptq16) echo "--hadamard 16" ;; mrgptqf) echo "--scales fpquant" ;; mrgptq16f) echo "--hadamard 16 --scales fpquant" ;; esac)
     if [ "${KEEP_OUTPUTS:-0}" = 1 ] && [ -f "$out/$cell/config.json" ] && [ -f "$out/$cell.report.json" ]; then
       echo "fp4q $cell: scoring the kept output $out/$cell" >&2   # written atomically: complete
     else
