@@ -253,6 +253,7 @@ void add_eval(CLI::App& app) {
     std::string dir, text, ids, activations, format, dump_logits, logits_ids, runtime, dtype, kl_reference, dump_tokens;
     int64_t seqlen = 2048, max_windows = 0;
     int hadamard = -1;
+    double temperature = 1.0;
   };
   auto a = std::make_shared<Args>();
   c->add_option("MODEL", a->dir, "Original model directory or fp4q output (compressed-tensors)")->required();
@@ -275,6 +276,10 @@ void add_eval(CLI::App& app) {
   c->add_option("--dump-tokens", a->dump_tokens,
                 "With --kl-reference: write the per-token scores (window, nll, ref_nll, kl, ent, ref_ent; TSV) to this file, "
                 "for token-by-token comparisons of two models on the same ids (tools/paired_compare.py)");
+  c->add_option("--temperature", a->temperature,
+                "With --kl-reference: divide both models' logits by this before the softmax (every score then refers "
+                "to the scaled distributions; e.g. the temperature that calibrates the reference on the text)")
+      ->check(CLI::PositiveNumber);
   actions()[c] = [a] {
     pipeline::EvalOptions o;
     o.dir = a->dir;
@@ -297,6 +302,9 @@ void add_eval(CLI::App& app) {
     o.dump_tokens = a->dump_tokens;
     if (!o.dump_tokens.empty() && o.kl_reference.empty())
       throw Error(ErrorKind::kUsage, "--dump-tokens needs --kl-reference", "--dump-tokens");
+    o.temperature = a->temperature;
+    if (o.temperature != 1.0 && o.kl_reference.empty())
+      throw Error(ErrorKind::kUsage, "--temperature needs --kl-reference", "--temperature");
     const auto r = pipeline::run_eval(o);
     if (r.tokens == 0) return;
     std::printf("%s\ttokens=%lld\twindows=%lld\tnll=%.6f\tppl=%.4f", a->dir.c_str(),

@@ -233,7 +233,7 @@ std::pair<double, double> mean_se(const std::vector<double>& v) {
 // bit-identical to a run without a reference. Memory: the final hidden states of one window batch
 // per model and one row block of logits per model; per-token results are 8-byte values.
 void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int32_t>& ids, int64_t seqlen,
-                             EvalResult& e, const std::string& dump_tokens) {
+                             EvalResult& e, const std::string& dump_tokens, double temperature) {
   const int64_t V = q.model().config().vocab;
   const int64_t H = q.model().config().hidden, Hr = ref.model().config().hidden;
   for (size_t i = 0; i < ids.size(); ++i)
@@ -267,6 +267,11 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
         lr.resize(static_cast<size_t>(rows * V));
         q.model().final_norm_logits(hq.data() + (b * seqlen + r0) * H, rows, lq.data());
         ref.model().final_norm_logits(hr.data() + (b * seqlen + r0) * Hr, rows, lr.data());
+        if (temperature != 1.0) {  // logits / T, both models (in float, as a runtime would)
+          const float inv = static_cast<float>(1.0 / temperature);
+          for (auto& v : lq) v *= inv;
+          for (auto& v : lr) v *= inv;
+        }
         parallel_for(static_cast<long>(rows), [&](long i) {
           const float* a = lq.data() + i * V;  // quantized
           const float* c = lr.data() + i * V;  // reference
@@ -416,7 +421,7 @@ EvalResult run_eval(const EvalOptions& opt) {
   if (ref) {
     if (seqlen < 2)
       throw Error(ErrorKind::kInput, "sequence length must be >= 2, got " + std::to_string(seqlen), "--seqlen");
-    score_against_reference(em, *ref, ids, seqlen, e, opt.dump_tokens);
+    score_against_reference(em, *ref, ids, seqlen, e, opt.dump_tokens, opt.temperature);
     spdlog::info("{}: {} windows x {} tokens, mean NLL {:.6f}, perplexity {:.4f}; reference {} perplexity {:.4f} "
                  "({:.1f} s)", opt.dir, e.windows, seqlen, e.mean_nll, e.ppl, opt.kl_reference, e.kl.ref_ppl, since(t0));
     spdlog::info("KL(reference || model) per token: mean {:.6g} ± {:.2g} nats, median {:.4g}, 90% {:.4g}, "

@@ -2,7 +2,8 @@
 // agreement, quantiles and perplexities it prints against a naive float64 computation from the
 // logits both models dump (`--dump-logits`, one window at a time); a model against itself scores
 // exactly 0; the perplexity is unchanged by the reference; different vocabularies are an input
-// error (exit code 3); --dump-tokens writes the per-token values in window order.
+// error (exit code 3); --dump-tokens writes the per-token values in window order; --temperature
+// scales both models' logits.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -71,7 +72,7 @@ struct Naive {
   int agree = 0;
 };
 
-Naive naive_scores(const TempDir& tmp, const std::string& qdir, const std::vector<int>& ids) {
+Naive naive_scores(const TempDir& tmp, const std::string& qdir, const std::vector<int>& ids, double temp = 1.0) {
   Naive n;
   for (int w = 0; w < kWindows; ++w) {
     const std::vector<int> win(ids.begin() + w * kSeqlen, ids.begin() + (w + 1) * kSeqlen);
@@ -87,16 +88,19 @@ Naive naive_scores(const TempDir& tmp, const std::string& qdir, const std::vecto
       EXPECT_EQ(lg[m].size(), static_cast<size_t>(kSeqlen * kVocab));
       if (lg[m].size() != static_cast<size_t>(kSeqlen * kVocab)) return n;
     }
+    std::vector<double> l[2];
+    for (int m = 0; m < 2; ++m)
+      for (float x : lg[m]) l[m].push_back(static_cast<double>(x) / temp);
     for (int t = 0; t + 1 < kSeqlen; ++t) {
       std::vector<double> lq(kVocab), lr(kVocab);
       double zq = 0, zr = 0;
       for (int j = 0; j < kVocab; ++j) {
-        zq += std::exp(static_cast<double>(lg[0][t * kVocab + j]));
-        zr += std::exp(static_cast<double>(lg[1][t * kVocab + j]));
+        zq += std::exp(l[0][t * kVocab + j]);
+        zr += std::exp(l[1][t * kVocab + j]);
       }
       for (int j = 0; j < kVocab; ++j) {
-        lq[j] = lg[0][t * kVocab + j] - std::log(zq);
-        lr[j] = lg[1][t * kVocab + j] - std::log(zr);
+        lq[j] = l[0][t * kVocab + j] - std::log(zq);
+        lr[j] = l[1][t * kVocab + j] - std::log(zr);
       }
       double kl = 0, klr = 0, hq = 0, hr = 0;
       for (int j = 0; j < kVocab; ++j) {
@@ -211,6 +215,24 @@ TEST(KlEval, MatchesNaiveFloat64FromDumpedLogits) {
     EXPECT_GT(dh / tokens, 1e-2);  // the entropy columns are far apart: a swap fails the loose check
   }
   EXPECT_EQ(run("-q eval " + q + common + " --dump-tokens " + (tmp / "x.tsv")).code, 2);  // needs --kl-reference
+
+  // --temperature T: both models' logits / T, every score of the scaled distributions, against the
+  // naive values at T (far from those at T = 1, so an ignored or one-sided scaling fails).
+  constexpr double kT = 1.7;
+  r = run("-q eval " + q + common + " --kl-reference " + kModel + " --temperature 1.7");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto ft = fields(r.out, q);
+  const Naive nt = naive_scores(tmp, q, ids, kT);
+  ASSERT_EQ(nt.kl.size(), static_cast<size_t>(tokens));
+  const double klt = mean(nt.kl);
+  EXPECT_GT(std::fabs(klt - kl), 0.1 * kl);
+  EXPECT_NEAR(num(ft, "kl"), klt, 1e-5 * klt);
+  EXPECT_NEAR(num(ft, "ppl"), std::exp(nt.nll_q / tokens), 1e-4);
+  EXPECT_NEAR(num(ft, "ref_perplexity"), std::exp(nt.nll_r / tokens), 1e-4);
+  EXPECT_GT(std::fabs(num(ft, "ref_perplexity") - num(f, "ref_perplexity")), 0.01 * num(f, "ref_perplexity"));
+  EXPECT_NEAR(num(ft, "top1") * tokens, nt.agree, 1.01);  // argmax does not move with T
+  EXPECT_EQ(run("-q eval " + q + common + " --temperature 1.7").code, 2);  // needs --kl-reference
+  EXPECT_EQ(run("-q eval " + q + common + " --kl-reference " + kModel + " --temperature 0").code, 2);
 
   // The reference does not change the evaluated model's perplexity (same windows, same arithmetic).
   const auto plain_q = fields(run("-q eval " + q + common).out, q);

@@ -50,6 +50,10 @@ struct EvalOptions {
   // ent / ref_ent = entropy of the model's / the reference's next-token distribution), so two
   // models scored on the same ids can be compared token by token (tools/paired_compare.py).
   std::string dump_tokens;
+  // With kl_reference: both models' logits are divided by this before the softmax (temperature
+  // scaling, e.g. the temperature at which the reference is calibrated on the text; every score,
+  // the perplexities included, is then of the scaled distributions). 1 = off, bit-identical.
+  double temperature = 1.0;
 };
 
 // Scores of the evaluated model against the reference, per scored token (natural log):
