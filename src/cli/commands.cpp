@@ -1,5 +1,6 @@
 #include "commands.h"
 
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <iostream>
@@ -278,8 +279,7 @@ void add_eval(CLI::App& app) {
                 "for token-by-token comparisons of two models on the same ids (tools/paired_compare.py)");
   c->add_option("--temperature", a->temperature,
                 "With --kl-reference: divide both models' logits by this before the softmax (every score then refers "
-                "to the scaled distributions; e.g. the temperature that calibrates the reference on the text)")
-      ->check(CLI::PositiveNumber);
+                "to the scaled distributions; e.g. the temperature that calibrates the reference on the text)");
   actions()[c] = [a] {
     pipeline::EvalOptions o;
     o.dir = a->dir;
@@ -303,6 +303,8 @@ void add_eval(CLI::App& app) {
     if (!o.dump_tokens.empty() && o.kl_reference.empty())
       throw Error(ErrorKind::kUsage, "--dump-tokens needs --kl-reference", "--dump-tokens");
     o.temperature = a->temperature;
+    if (!(o.temperature > 0) || !std::isfinite(o.temperature))
+      throw Error(ErrorKind::kUsage, "must be a positive number, got " + std::to_string(o.temperature), "--temperature");
     if (o.temperature != 1.0 && o.kl_reference.empty())
       throw Error(ErrorKind::kUsage, "--temperature needs --kl-reference", "--temperature");
     const auto r = pipeline::run_eval(o);

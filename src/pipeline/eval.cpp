@@ -419,11 +419,15 @@ EvalResult run_eval(const EvalOptions& opt) {
                 std::to_string(seqlen), opt.ids_path.empty() ? opt.text_path : opt.ids_path, "lower --seqlen");
   EvalResult e;
   if (ref) {
+    if (!(opt.temperature > 0) || !std::isfinite(opt.temperature))
+      throw Error(ErrorKind::kUsage, "temperature must be a positive number, got " + std::to_string(opt.temperature),
+                  "--temperature");
     if (seqlen < 2)
       throw Error(ErrorKind::kInput, "sequence length must be >= 2, got " + std::to_string(seqlen), "--seqlen");
     score_against_reference(em, *ref, ids, seqlen, e, opt.dump_tokens, opt.temperature);
     spdlog::info("{}: {} windows x {} tokens, mean NLL {:.6f}, perplexity {:.4f}; reference {} perplexity {:.4f} "
-                 "({:.1f} s)", opt.dir, e.windows, seqlen, e.mean_nll, e.ppl, opt.kl_reference, e.kl.ref_ppl, since(t0));
+                 "({:.1f} s{})", opt.dir, e.windows, seqlen, e.mean_nll, e.ppl, opt.kl_reference, e.kl.ref_ppl, since(t0),
+                 opt.temperature != 1.0 ? fmt::format("; logits / temperature {}", opt.temperature) : std::string());
     spdlog::info("KL(reference || model) per token: mean {:.6g} ± {:.2g} nats, median {:.4g}, 90% {:.4g}, "
                  "99% {:.4g}, max {:.4g}; top-1 agreement {:.4f} ± {:.4f}; ln(PPL/PPL_ref) {:.6f} ± {:.6f}",
                  e.kl.kl_mean, e.kl.kl_se, e.kl.kl_median, e.kl.kl_p90, e.kl.kl_p99, e.kl.kl_max, e.kl.top1,
