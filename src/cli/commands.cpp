@@ -1,6 +1,5 @@
 #include "commands.h"
 
-#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <iostream>
@@ -302,11 +301,7 @@ void add_eval(CLI::App& app) {
     o.dump_tokens = a->dump_tokens;
     if (!o.dump_tokens.empty() && o.kl_reference.empty())
       throw Error(ErrorKind::kUsage, "--dump-tokens needs --kl-reference", "--dump-tokens");
-    o.temperature = a->temperature;
-    if (!(o.temperature > 0) || !std::isfinite(o.temperature))
-      throw Error(ErrorKind::kUsage, "must be a positive number, got " + std::to_string(o.temperature), "--temperature");
-    if (o.temperature != 1.0 && o.kl_reference.empty())
-      throw Error(ErrorKind::kUsage, "--temperature needs --kl-reference", "--temperature");
+    o.temperature = a->temperature;  // checked by run_eval
     const auto r = pipeline::run_eval(o);
     if (r.tokens == 0) return;
     std::printf("%s\ttokens=%lld\twindows=%lld\tnll=%.6f\tppl=%.4f", a->dir.c_str(),

@@ -363,6 +363,12 @@ void score_against_reference(EvalModel& q, EvalModel& ref, const std::vector<int
 
 EvalResult run_eval(const EvalOptions& opt) {
   const auto t0 = Clock::now();
+  // Checked before any model is loaded.
+  if (!(opt.temperature > 0) || !std::isfinite(opt.temperature))
+    throw Error(ErrorKind::kUsage, "temperature must be a positive number, got " + std::to_string(opt.temperature),
+                "--temperature");
+  if (opt.temperature != 1.0 && opt.kl_reference.empty())
+    throw Error(ErrorKind::kUsage, "--temperature needs --kl-reference", "--temperature");
   EvalModel em(opt.dir, opt);
   const auto& cfg = em.model().config();
 
@@ -419,9 +425,6 @@ EvalResult run_eval(const EvalOptions& opt) {
                 std::to_string(seqlen), opt.ids_path.empty() ? opt.text_path : opt.ids_path, "lower --seqlen");
   EvalResult e;
   if (ref) {
-    if (!(opt.temperature > 0) || !std::isfinite(opt.temperature))
-      throw Error(ErrorKind::kUsage, "temperature must be a positive number, got " + std::to_string(opt.temperature),
-                  "--temperature");
     if (seqlen < 2)
       throw Error(ErrorKind::kInput, "sequence length must be >= 2, got " + std::to_string(seqlen), "--seqlen");
     score_against_reference(em, *ref, ids, seqlen, e, opt.dump_tokens, opt.temperature);
